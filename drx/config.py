@@ -195,6 +195,8 @@ class DataConfig(_Strict):
     # Folder of prepared (resized) copies written by `drx data prepare`, and of split files.
     cache: str | None = None
     num_workers: int = Field(0, ge=0)
+    # Keep decoded images in memory (per worker): for small benchmarks such as the embedded one.
+    cache_images: bool = False
 
 
 # ----------------------------------------------------------------------------------------- train

@@ -1,0 +1,231 @@
+"""Pretrained-weight files, offline: reading them and mapping official key layouts to drx's modules.
+
+All state-dict key mapping lives here:
+
+* DeiT-III (``deit_3_small_384_21k.pth``: ``{"model": {...}}`` with ``blocks.N.gamma_1``) and timm /
+  safetensors files -> the timm ``VisionTransformer`` inside :class:`drx.model.backbone.ImageEncoder`.
+* DA-CLIP (``daclip_ViT-B-32.pt``: ``clip.*``, ``visual.*``, ``visual_control.*``, ``logit_scale``)
+  and plain open_clip CLIP state dicts -> :class:`drx.model.prior.DistortionPrior`.
+
+Loading is strict: missing or unexpected keys and shape mismatches raise :class:`CheckpointError`
+listing them. Keys that the official files hold but DR.Experts never runs are dropped by name
+(listed in ``IGNORED_*`` below), never by a catch-all. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from drx.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+DEIT3_SOURCE = (
+    "the official DeiT-III weights (facebookresearch/deit, README_revenge.md: "
+    "https://dl.fbaipublicfiles.com/deit/deit_3_small_384_21k.pth), or a timm/safetensors file"
+)
+DACLIP_SOURCE = (
+    "the official DA-CLIP weights daclip_ViT-B-32.pt (github.com/Algolzw/daclip-uir, README "
+    "'Pretrained Models'); use 'builtin:tiny-daclip' for drx's miniature prior"
+)
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def read_state_dict(path: str | Path, what: str, source: str) -> dict[str, torch.Tensor]:
+    """Read a ``.pth``/``.pt``/``.bin``/``.safetensors`` file into a flat tensor dict.
+
+    Unwraps ``{"model": ...}``/``{"state_dict": ...}`` containers and a leading ``module.``
+    (DDP) prefix.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"{what} file {str(p)!r} does not exist; expected {source}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file: say which file and why
+        raise CheckpointError(f"{what} file {str(p)!r} could not be read: {exc}") from None
+    for container in ("model", "state_dict", "module"):
+        if isinstance(sd, Mapping) and container in sd and isinstance(sd[container], Mapping):
+            sd = sd[container]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{what} file {str(p)!r} does not hold a state dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def _fmt_keys(keys: list[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: str | Path) -> None:
+    """``module.load_state_dict(state, strict=True)`` with errors that list every key at fault."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_fmt_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_fmt_keys(unexpected)}")
+    if shape:
+        problems.append(f"shape mismatches ({len(shape)}): {'; '.join(shape[:8])}")
+    if problems:
+        raise CheckpointError(f"{what} file {str(path)!r} does not fit the model:\n  " + "\n  ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+# -------------------------------------------------------------------------------------- backbone
+
+# The DeiT-III classifier (ImageNet head) is not part of drx's image encoder (num_classes=0).
+IGNORED_BACKBONE_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias", "dist_token")
+_DEIT3_LAYERSCALE = re.compile(r"^blocks\.(\d+)\.gamma_([12])$")
+
+
+def map_backbone_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official DeiT-III / timm key names -> timm ``VisionTransformer`` names."""
+    out = {}
+    for k, v in sd.items():
+        if k in IGNORED_BACKBONE_KEYS:
+            continue
+        m = _DEIT3_LAYERSCALE.match(k)
+        if m:
+            k = f"blocks.{m.group(1)}.ls{m.group(2)}.gamma"
+        out[k] = v
+    return out
+
+
+def load_backbone_weights(vit: nn.Module, path: str | Path) -> None:
+    """Load DeiT-III/timm weights into a timm ViT; resamples ``pos_embed`` when the grid differs."""
+    sd = map_backbone_keys(read_state_dict(path, "backbone (model.backbone.pretrained)", DEIT3_SOURCE))
+    own = vit.state_dict()
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        from timm.layers import resample_abs_pos_embed
+
+        prefix = 0 if getattr(vit, "no_embed_class", False) else getattr(vit, "num_prefix_tokens", 1)
+        grid = vit.patch_embed.grid_size
+        log.info("resampling pos_embed %s -> %s", tuple(sd["pos_embed"].shape), tuple(own["pos_embed"].shape))
+        sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)
+    load_strict(vit, sd, "backbone (model.backbone.pretrained)", path)
+
+
+# ----------------------------------------------------------------------------------------- prior
+
+# Keys of the official DA-CLIP file that DR.Experts never runs: the CLIP content tower (and its
+# alias `visual.*`) and the contrastive temperatures.
+_DACLIP_IGNORED_PREFIXES = ("clip.visual.", "visual.")
+_DACLIP_IGNORED_KEYS = ("logit_scale", "clip.logit_scale", "clip.logit_bias", "logit_bias")
+
+
+def is_daclip_layout(sd: Mapping[str, Any]) -> bool:
+    return any(k.startswith("visual_control.") for k in sd)
+
+
+def map_prior_keys(sd: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """Official DA-CLIP or open_clip CLIP keys -> :class:`DistortionPrior` keys.
+
+    ``daclip``: ``clip.<text>`` -> ``text.<text>``; ``visual_control.transformer.transformer.*``
+    -> ``controller.visual.transformer.*``; ``visual_control.transformer.zero_modules.N`` ->
+    ``controller.taps.N``; other ``visual_control.*`` -> ``controller.visual.*``.
+    ``clip``: ``clip.visual.*`` (DA-CLIP file) or ``visual.*`` (open_clip file) -> ``visual.*``.
+    """
+    daclip = is_daclip_layout(sd) or any(k.startswith("clip.") for k in sd)
+    out: dict[str, torch.Tensor] = {}
+    if kind == "daclip" and not is_daclip_layout(sd):
+        raise CheckpointError(
+            "prior kind 'daclip' needs a DA-CLIP checkpoint (keys 'visual_control.*'); this file has none "
+            "(a plain CLIP file works with model.prior.kind=clip)"
+        )
+    for k, v in sd.items():
+        if k in _DACLIP_IGNORED_KEYS:
+            continue
+        if daclip:
+            if k.startswith("visual_control."):
+                if kind != "daclip":
+                    continue  # the controller is not part of a plain-CLIP prior
+                rest = k[len("visual_control.") :]
+                if rest.startswith("transformer.zero_modules."):
+                    out["controller.taps." + rest[len("transformer.zero_modules.") :]] = v
+                elif rest.startswith("transformer.transformer."):
+                    out["controller.visual.transformer." + rest[len("transformer.transformer.") :]] = v
+                else:
+                    out["controller.visual." + rest] = v
+            elif k.startswith("clip.visual."):
+                if kind == "clip":
+                    out["visual." + k[len("clip.visual.") :]] = v
+            elif k.startswith("visual."):
+                continue  # alias of clip.visual.* in DaCLIP's state dict
+            elif k.startswith("clip."):
+                out["text." + k[len("clip.") :]] = v
+            else:
+                out[k] = v  # unknown: reported as unexpected by load_strict
+        else:  # open_clip CLIP layout
+            if k.startswith("visual."):
+                out[k] = v
+            else:
+                out["text." + k] = v
+    return out
+
+
+def load_prior_weights(prior: nn.Module, path: str | Path, kind: str) -> None:
+    sd = read_state_dict(path, "prior (model.prior.checkpoint)", DACLIP_SOURCE)
+    load_strict(prior, map_prior_keys(sd, kind), "prior (model.prior.checkpoint)", path)
+
+
+def daclip_official_state_dict(
+    text: nn.Module, visual: nn.Module, controller_visual: nn.Module, taps: nn.ModuleList, logit_scale: float = 4.6052
+) -> dict[str, torch.Tensor]:
+    """Assemble a state dict in the official ``daclip_ViT-B-32.pt`` key layout.
+
+    ``text``: an open_clip TextTransformer; ``visual``: the CLIP content tower; ``controller_visual``
+    and ``taps``: the controller copy and its zero-initialised ``Linear(width, width)`` taps.
+    Used to save drx's miniature prior in the official layout, and by tests.
+    """
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in text.state_dict().items():
+        sd[f"clip.{k}"] = v.clone()
+    for k, v in visual.state_dict().items():
+        sd[f"clip.visual.{k}"] = v.clone()
+        sd[f"visual.{k}"] = v.clone()
+    scale = torch.tensor(float(logit_scale))
+    sd["clip.logit_scale"] = scale.clone()
+    for k, v in controller_visual.state_dict().items():
+        if k.startswith("transformer."):
+            sd[f"visual_control.transformer.transformer.{k[len('transformer.'):]}"] = v.clone()
+        else:
+            sd[f"visual_control.{k}"] = v.clone()
+    for k, v in taps.state_dict().items():
+        sd[f"visual_control.transformer.zero_modules.{k}"] = v.clone()
+    sd["logit_scale"] = scale.clone()
+    return sd
+
+
+def deit3_official_state_dict(vit: nn.Module, num_classes: int = 1000) -> dict[str, Any]:
+    """A timm DeiT-III ViT's weights in the official ``deit_3_*.pth`` layout (``{"model": ...}``)."""
+    sd = {}
+    for k, v in vit.state_dict().items():
+        m = re.match(r"^blocks\.(\d+)\.ls([12])\.gamma$", k)
+        sd[f"blocks.{m.group(1)}.gamma_{m.group(2)}" if m else k] = v.clone()
+    dim = vit.embed_dim
+    sd["head.weight"] = torch.zeros(num_classes, dim)
+    sd["head.bias"] = torch.zeros(num_classes)
+    return {"model": sd}
