@@ -53,7 +53,10 @@ class BackboneConfig(_Strict):
     pretrained: str | None = None
     # Extra keyword arguments for timm.create_model (the tiny preset sizes its ViT here).
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    grad_checkpointing: bool = False
+    # Activation checkpointing of the encoder blocks: "selective" keeps the matmul and attention
+    # outputs and recomputes the cheap element-wise ops (LayerNorm, GELU, LayerScale) in backward;
+    # "full" recomputes whole blocks (timm's checkpoint_seq).
+    grad_checkpointing: Literal["none", "selective", "full"] = "none"
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+from functools import partial
 
 import timm
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from drx.config import BackboneConfig
 from drx.errors import ConfigError
@@ -49,7 +51,8 @@ class ImageEncoder(nn.Module):
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.img_size = tuple(vit.patch_embed.img_size)
         self.embed_dim = int(vit.embed_dim)
-        if cfg.grad_checkpointing:
+        self.checkpointing = cfg.grad_checkpointing
+        if cfg.grad_checkpointing == "full":
             vit.set_grad_checkpointing(True)
 
     @property
@@ -57,7 +60,38 @@ class ImageEncoder(nn.Module):
         return 1 + self.grid_size[0] * self.grid_size[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.vit.forward_features(x)
+        if self.checkpointing == "selective" and torch.is_grad_enabled():
+            tokens = self._forward_selective(x)
+        else:
+            tokens = self.vit.forward_features(x)
         if self.num_prefix_tokens > 1:
             tokens = torch.cat([tokens[:, :1], tokens[:, self.num_prefix_tokens :]], dim=1)
         return tokens
+
+    def _forward_selective(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for block in vit.blocks:
+            x = checkpoint(block, x, use_reentrant=False, context_fn=_SELECTIVE_CONTEXT)
+        return vit.norm(x)
+
+
+# Outputs worth keeping: matrix products and attention (expensive to recompute). Everything else
+# in a ViT block (LayerNorm, GELU, LayerScale, residual adds, reshapes) is recomputed in backward.
+_SAVED_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+}
+
+
+def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_SELECTIVE_CONTEXT = partial(create_selective_checkpoint_contexts, _selective_policy)
