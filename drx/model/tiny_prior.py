@@ -1,19 +1,249 @@
-"""Resolving ``model.prior.checkpoint`` (a local file, or a prior drx builds itself)."""
+"""``model.prior.checkpoint`` resolution, and ``builtin:tiny-daclip``: a miniature DA-CLIP drx trains.
+
+With random weights a prior carries no knowledge of distortions, so on CPU (the demo, the tests)
+the DSDM/DDWM rows of an ablation would compare noise. The tiny preset therefore uses a small
+distortion-aware prior that drx trains itself, in DA-CLIP's role: its image controller learns to
+match the text feature of each image's degradation prompt (a contrastive objective over the
+prompts, as DA-CLIP's degradation branch), and its last controller tap learns to carry the
+degradation type and strength token by token (in DA-CLIP the taps are trained through the content
+tower; here an auxiliary head on the pooled tap output plays that part and is discarded).
+
+It trains on procedural "dead leaves" images (random occluding disks with power-law sizes, smooth
+shading and fine texture: a standard model of natural-image statistics) distorted by the embedded
+benchmark's families, so no photograph of any benchmark split is ever seen. The text tower stays at
+its seeded random initialisation: its prompt features are fixed, distinct codes per expert. The
+result is saved once in the official DA-CLIP key layout under the drx cache and loaded through the
+same strict loader as the real ``daclip_ViT-B-32.pt``.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from drx.config import PriorConfig
 from drx.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
+TINY_DACLIP = "tiny-daclip"
+VERSION = 1
+
+# The miniature prior's architecture: an open_clip ViT at 64 px (8-px patches: an 8x8 token grid,
+# like the tiny image encoder) and a 2-layer text tower.
+TINY_PRIOR_ARCH: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
+    "text_cfg": {"width": 64, "heads": 2, "layers": 2},
+}
+BASE_SIZE = 256  # procedural images at the embedded benchmark's scale, so distortions match
+CROP = 64
+N_BASE = 270
+STEPS = 1200
+BATCH = 64
+SEED = 20261126
+
+
+def tiny_prompts() -> list[str]:
+    from drx.data.embedded import FAMILIES
+
+    return [f.prompt for f in FAMILIES.values()]
 
 
 def resolve_prior_checkpoint(cfg: PriorConfig) -> Path:
+    """The file to load for ``model.prior.checkpoint`` (building a built-in prior on first use)."""
     ref = cfg.checkpoint
     if ref is None:
         raise ConfigError("model.prior.checkpoint is null: nothing to load")
-    if ref.startswith(BUILTIN_PREFIX):
-        raise ConfigError(f"model.prior.checkpoint: unknown built-in prior {ref!r}")
-    return Path(ref).expanduser()
+    if not ref.startswith(BUILTIN_PREFIX):
+        return Path(ref).expanduser()
+    name = ref[len(BUILTIN_PREFIX) :]
+    if name != TINY_DACLIP:
+        raise ConfigError(f"model.prior.checkpoint: unknown built-in prior {ref!r}; available: {BUILTIN_PREFIX}{TINY_DACLIP}")
+    if cfg.kind not in ("daclip", "clip"):
+        raise ConfigError(f"model.prior.checkpoint {ref!r} needs model.prior.kind daclip or clip, got {cfg.kind!r}")
+    want = PriorConfig(kind="daclip", arch="ViT-B-32", arch_overrides=TINY_PRIOR_ARCH)
+    from drx.model.prior import prior_arch_config
+
+    if prior_arch_config(cfg) != prior_arch_config(want):
+        raise ConfigError(
+            f"model.prior.checkpoint {ref!r} is the miniature prior: it needs model.prior.arch ViT-B-32 with "
+            f"arch_overrides {TINY_PRIOR_ARCH} (as in the tiny preset)"
+        )
+    return ensure_tiny_daclip()
+
+
+def tiny_daclip_path() -> Path:
+    from drx.paths import cache_dir
+
+    return cache_dir() / f"{TINY_DACLIP}-v{VERSION}.pt"
+
+
+def ensure_tiny_daclip(path: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Build the miniature prior once (under a file lock, so parallel trials wait, not race)."""
+    from drx.data.embedded import file_lock
+
+    path = path or tiny_daclip_path()
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock")):
+        if not path.is_file():
+            build_tiny_daclip(path, log=log)
+    return path
+
+
+# -------------------------------------------------------------------------------- procedural data
+
+
+def dead_leaves(rng: np.random.Generator, size: int = BASE_SIZE) -> np.ndarray:
+    """A dead-leaves image [size, size, 3] float32 in [0,1]: occluding disks, power-law radii.
+
+    Each disk has a base colour, a linear shading gradient and a weak sinusoidal texture, so the
+    image has edges, smooth regions and fine detail at every scale, like a natural photograph.
+    """
+    img = np.zeros((size, size, 3), np.float32)
+    covered = np.zeros((size, size), bool)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    r_min, r_max = 3.0, size / 3
+    # Painted front to back: a pixel keeps the first disk that covers it (occlusion).
+    for _ in range(4000):
+        if covered.all():
+            break
+        u = rng.random()
+        r = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5  # p(r) ~ r^-3
+        cy, cx = rng.uniform(-r, size + r, 2)
+        y0, y1 = max(0, int(cy - r)), min(size, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        sy, sx = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
+        disk = ((sy - cy) ** 2 + (sx - cx) ** 2 <= r * r) & ~covered[y0:y1, x0:x1]
+        if not disk.any():
+            continue
+        # Natural colours are mostly unsaturated: a grey level plus a small chroma offset.
+        colour = np.clip(rng.uniform(0.05, 0.95) + rng.normal(0, 0.12, 3), 0.02, 0.98).astype(np.float32)
+        g = rng.normal(0, 0.35 / max(r, 4.0), 2)
+        shade = 1.0 + g[0] * (sy - cy) + g[1] * (sx - cx)
+        freq, phase, amp = rng.uniform(0.2, 1.2), rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.06)
+        angle = rng.uniform(0, np.pi)
+        texture = amp * np.sin(freq * (np.cos(angle) * sx + np.sin(angle) * sy) + phase)
+        value = np.clip(colour[None, None, :] * shade[..., None] + texture[..., None], 0, 1)
+        region = img[y0:y1, x0:x1]
+        region[disk] = value[disk]
+        covered[y0:y1, x0:x1] |= disk
+    return img
+
+
+def procedural_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n distorted dead-leaves images -> (images [n,S,S,3] uint8, family index [n], level [n])."""
+    from drx.data.embedded import FAMILIES
+
+    families = list(FAMILIES.values())
+    images = np.empty((n, BASE_SIZE, BASE_SIZE, 3), np.uint8)
+    fam = np.empty(n, np.int64)
+    lvl = np.empty(n, np.int64)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        base = dead_leaves(rng)
+        k = i % len(families)
+        level = int(rng.integers(1, families[k].levels + 1))
+        images[i] = np.round(families[k].apply(base, level, rng) * 255).astype(np.uint8)
+        fam[i], lvl[i] = k, level
+    return images, fam, lvl
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def _batches(images: np.ndarray, fam: np.ndarray, lvl: np.ndarray, rng: np.random.Generator, batch: int):
+    from drx.model.drexperts import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    while True:
+        idx = rng.integers(0, len(images), batch)
+        tops = rng.integers(0, BASE_SIZE - CROP + 1, batch)
+        lefts = rng.integers(0, BASE_SIZE - CROP + 1, batch)
+        crops = np.stack([images[i, t : t + CROP, l : l + CROP] for i, t, l in zip(idx, tops, lefts)])
+        flip = rng.random(batch) < 0.5
+        crops[flip] = crops[flip, :, ::-1]
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+        yield (x - mean) / std, torch.from_numpy(fam[idx]), torch.from_numpy(lvl[idx]).float()
+
+
+def build_tiny_daclip(path: Path, log: Callable[[str], None] = print, steps: int = STEPS, n_base: int = N_BASE) -> dict[str, Any]:
+    """Train the miniature DA-CLIP and save it (official key layout) to ``path``; returns its record."""
+    from drx.model.drexperts import IMAGENET_MEAN, IMAGENET_STD
+    from drx.model.prior import DistortionPrior
+
+    t0 = time.perf_counter()
+    log(f"building the miniature DA-CLIP prior (once; cached at {path}) ...")
+    torch.manual_seed(SEED)
+    prompts = tiny_prompts()
+    prior = DistortionPrior(PriorConfig(kind="daclip", arch="ViT-B-32", arch_overrides=TINY_PRIOR_ARCH, prompts=prompts))
+    images, fam, lvl = procedural_set(n_base, SEED)
+    held_images, held_fam, held_lvl = procedural_set(max(45, n_base // 8), SEED + 1)
+    t_data = time.perf_counter() - t0
+
+    controller = prior.controller
+    controller.train()
+    controller.requires_grad_(True)
+    width = controller.visual.transformer.width
+    aux = nn.Linear(width, len(prompts) + 1)  # tap head: family logits + strength
+    params = [*controller.parameters(), *aux.parameters()]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    text = prior.text_features.detach()
+    scale = 1 / 0.07  # CLIP's initial temperature
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def losses(x, f, lv):
+        view = prior.prepare_input(x, mean, std, "clean")
+        emb, hidden = controller(view)
+        logits = scale * F.normalize(emb, dim=-1) @ text.t()
+        pooled = aux(hidden[:, 1:].mean(1))
+        loss = F.cross_entropy(logits, f) + F.cross_entropy(pooled[:, :-1], f) + F.mse_loss(pooled[:, -1], (lv - 2.5) / 1.5)
+        return loss, logits
+
+    batches = _batches(images, fam, lvl, np.random.default_rng(SEED), BATCH)
+    for step in range(steps):
+        x, f, lv = next(batches)
+        loss, _ = losses(x, f, lv)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(1, steps // 4) == 0:
+            log(f"  miniature prior: step {step + 1}/{steps} loss {loss.item():.3f}")
+    controller.eval()
+    prior.requires_grad_(False)
+    with torch.no_grad():
+        held = _batches(held_images, held_fam, held_lvl, np.random.default_rng(SEED + 2), 256)
+        x, f, lv = next(held)
+        _, logits = losses(x, f, lv)
+        accuracy = float((logits.argmax(1) == f).float().mean())
+    record = {
+        "version": VERSION,
+        "prompts": prompts,
+        "arch": TINY_PRIOR_ARCH,
+        "steps": steps,
+        "train_images": int(n_base),
+        "held_out_prompt_accuracy": round(accuracy, 4),
+        "chance": round(1 / len(prompts), 4),
+        "data_s": round(t_data, 1),
+        "build_s": round(time.perf_counter() - t0, 1),
+    }
+    from drx.train.checkpoint import atomic_save
+
+    atomic_save(prior.build_state_for_export(), path)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    log(f"miniature prior ready: held-out prompt accuracy {accuracy:.2f} (chance {1 / len(prompts):.2f}), {record['build_s']} s")
+    return record

@@ -1,0 +1,90 @@
+"""``drx train`` and ``drx predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from drx.config import load_config
+    from drx.train.trainer import run_trial
+
+    cfg = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    result = run_trial(cfg, out_dir=out, resume_from=args.resume)
+    summary = result.summary()
+    print()
+    print(_final_table(result))
+    print(f"\nresult: {out / 'result.json'}  metrics: {out / 'metrics.csv'}  config: {out / 'config.yaml'}  checkpoint: {out / 'checkpoint.pt'}")
+    if result.status != "ok":
+        print(f"trial {result.status}: {result.reason}", file=sys.stderr)
+        return 1
+    return 0 if summary["status"] == "ok" else 1
+
+
+def _final_table(result) -> str:
+    def f(v):
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+    rows = [("metric", f"last epoch ({result.epochs_completed})", f"selected epoch ({result.best_epoch}, {result.protocol} protocol)")]
+    for m in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
+        rows.append((f"test {m}", f(result.final.get(f"test_{m}")), f(result.best.get(f"test_{m}"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from drx.train.predict import collect_images, load_trained, predict_images
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, mos_range = load_trained(args.checkpoint, device)
+    paths, errors = collect_images(args.images)
+    pred = predict_images(model, cfg, mos_range, paths, batch_size=args.batch)
+    errors = errors + pred.errors
+    table = pred.scores
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False))
+    elif args.format == "json":
+        records = []
+        for row in table.to_dict(orient="records"):
+            rec = {"image": row["image"], "score": row["score"]}
+            if pred.prompts and pred.prompts[0] in row:
+                rec["expert_weights"] = {p: row[p] for p in pred.prompts}
+            records.append(rec)
+        print(json.dumps({"predictions": records, "errors": [{"image": p, "reason": r} for p, r in errors]}, indent=2))
+    else:
+        if len(table):
+            shown = table.copy()
+            experts = [p for p in pred.prompts if p in shown.columns]
+            if experts:
+                # Which experts drove each score: the three largest DDWM weights.
+                shown["top experts"] = shown[experts].apply(
+                    lambda r: ", ".join(f"{k} {v:.2f}" for k, v in r.sort_values(ascending=False).head(3).items()), axis=1
+                )
+            print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for path, reason in errors:
+        print(f"drx predict: could not score {path}: {reason}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train and evaluate one trial (no Ray)")
+    t.add_argument("--config", required=True, metavar="FILE_OR_PRESET", help="YAML config or packaged preset (e.g. tiny, paper-koniq)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.lr=1e-4 (repeatable)")
+    t.add_argument("--out", help="output folder (default: runs/<name>)")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint.pt written by an earlier run")
+    t.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="score images with a trained trial and name the experts behind each score")
+    p.add_argument("checkpoint", help="checkpoint.pt / best.pt (or the trial folder) written by drx train")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=_cmd_predict)

@@ -1,0 +1,150 @@
+"""Optimiser parameter groups, the learning-rate schedule, the loss, and one training step.
+
+Shared by the trainer and ``drx bench model`` so the benchmark measures the real training step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from drx.config import TrainConfig
+
+# Embedding-like parameters that clean AdamW practice (timm's no_weight_decay) leaves undecayed.
+_EMBEDDING_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "positional_embedding", "class_embedding", "expert_queries")
+
+
+def param_groups(model: nn.Module, weight_decay: float, compat: str = "clean") -> list[dict]:
+    """AdamW groups: decayed weights, and undecayed norms/biases/embeddings/scalars.
+
+    ``clean``: no decay for 0-/1-D tensors (norms, biases, PReLU, α, λ) and position/class
+    embeddings. ``reference``: the reference code's rule (no decay only for 1-D tensors and
+    ``.bias``), which decays ``pos_embed``, ``cls_token``, the scalar α and λ.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if compat == "reference":
+            # λ is [D] here but [1, D] in the reference, where the 1-D rule does not exempt it.
+            skip = (p.ndim == 1 or name.endswith(".bias")) and not name.endswith("lambda_")
+        else:
+            skip = p.ndim <= 1 or name.endswith(".bias") or any(e in name.split(".")[-1] for e in _EMBEDDING_NAMES)
+        (no_decay if skip else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, compat: str = "clean", fused: bool | None = None) -> torch.optim.AdamW:
+    kwargs = {}
+    if fused is not None:
+        kwargs["fused"] = fused
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay, compat), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs
+    )
+
+
+@dataclass
+class LRSchedule:
+    """Per-iteration learning-rate factor (× base lr): linear warm-up, then step/cosine/constant.
+
+    ``step`` reproduces the reference: lr·rate^(t // decay_steps) with t counted from 0 including
+    the warm-up, so the base lr is never held when warm-up and decay periods are equal.
+    """
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int
+    warmup_lr: float
+    schedule: str
+    decay_steps: int
+    decay_rate: float
+    min_lr: float
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup_steps:
+            lr = self.warmup_lr + t * (self.base_lr - self.warmup_lr) / self.warmup_steps
+        elif self.schedule == "step":
+            lr = self.base_lr * self.decay_rate ** (t // self.decay_steps)
+        elif self.schedule == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (t - self.warmup_steps) / span)
+            lr = self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+        else:
+            lr = self.base_lr
+        return lr / self.base_lr
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    schedule = LRSchedule(
+        base_lr=cfg.lr,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        warmup_lr=cfg.warmup_lr,
+        schedule=cfg.schedule,
+        decay_steps=max(1, int(round(cfg.decay_epochs * steps_per_epoch))),
+        decay_rate=cfg.decay_rate,
+        min_lr=cfg.min_lr,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def build_loss(cfg: TrainConfig) -> nn.Module:
+    if cfg.loss == "smoothl1":
+        return nn.SmoothL1Loss(beta=cfg.smoothl1_beta)
+    if cfg.loss == "l1":
+        return nn.L1Loss()
+    return nn.MSELoss()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting (None: plain fp32). ``auto``: bf16 on CUDA."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("bf16", "auto"):
+        return torch.bfloat16
+    return torch.float16
+
+
+def train_step(
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> torch.Tensor:
+    """One optimiser step; returns the loss (detached). ``forward(images) -> scores [B]``.
+
+    A non-finite loss is returned without a backward pass or step: the caller ends the trial.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        scores = forward(images)
+    loss = loss_fn(scores.float(), targets.float())
+    if not torch.isfinite(loss):
+        return loss.detach()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()
