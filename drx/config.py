@@ -101,6 +101,10 @@ class DSDMConfig(_Strict):
 class DDWMConfig(_Strict):
     groups: list[Literal["dis", "sem", "bri"]] = Field(default_factory=lambda: list(FEATURE_GROUPS))
     hidden: list[int] = Field(default_factory=lambda: [384, 32, 16])
+    # Output layer initialisation. "default": PyTorch's (as the reference code). "uniform": zero
+    # weights and bias 1/E, so Σ a_i = 1 at the start: the full model starts as the image-encoder
+    # model and the experts learn to modulate it (helps training from scratch).
+    gate_init: Literal["default", "uniform"] = "default"
 
     @field_validator("groups")
     @classmethod

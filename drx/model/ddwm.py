@@ -17,7 +17,7 @@ from drx.config import FEATURE_GROUPS
 class DDWM(nn.Module):
     """refined [B,E,D] (token 0 of G), cls [B,D] -> expert weights [B,E]."""
 
-    def __init__(self, dim: int, groups: list[str], hidden: list[int]):
+    def __init__(self, dim: int, groups: list[str], hidden: list[int], num_experts: int = 1, gate_init: str = "default"):
         super().__init__()
         unknown = [g for g in groups if g not in FEATURE_GROUPS]
         if not groups or unknown:
@@ -30,6 +30,9 @@ class DDWM(nn.Module):
             width = h
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+        if gate_init == "uniform":
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.constant_(layers[-1].bias, 1.0 / num_experts)
 
     def features(self, refined: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
         """Concatenated groups, in the order dis, sem, bri: [..., k·D].

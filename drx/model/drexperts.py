@@ -98,7 +98,7 @@ class DRExperts(nn.Module):
                 self.expert_queries = nn.Parameter(torch.randn(self.num_experts, dim) * 0.02)
             self.dsdm = DSDM(dim, cfg.dsdm.alpha_init, cfg.dsdm.lambda_init)
         if cfg.variant == "full":
-            self.ddwm = DDWM(dim, cfg.ddwm.groups, cfg.ddwm.hidden)
+            self.ddwm = DDWM(dim, cfg.ddwm.groups, cfg.ddwm.hidden, self.num_experts, cfg.ddwm.gate_init)
         self.head = nn.Linear(dim, 1)
 
     # ------------------------------------------------------------------------------ helpers

@@ -311,7 +311,9 @@ def run_trial(
         data_wait += ep_wait
         compute += ep_compute
         if status == "diverged":
-            metrics = {"epoch": epoch + 1, "status": "diverged", "reason": reason}
+            metrics = {"epoch": epoch + 1, "status": "diverged", "reason": reason, "planned_epochs": cfg.train.epochs}
+            # The metric keys exist (NaN) so schedulers and searchers see a value, not a missing key.
+            metrics.update({f"{part}_{m}": float("nan") for part in ("val", "test") for m in METRICS})
             history.append(metrics)
             say(f"epoch {epoch + 1}: DIVERGED: {reason}")
             if report is not None:
@@ -322,6 +324,7 @@ def run_trial(
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "status": "ok",
+            "planned_epochs": cfg.train.epochs,
             "train_loss": loss_sum / max(1, n_steps),
             "lr": optimizer.param_groups[0]["lr"],
             "steps": n_steps,
@@ -371,6 +374,8 @@ def run_trial(
                 )
             atomic_save(state, out / CHECKPOINT_NAME)
             _write_metrics_csv(history, out / "metrics.csv")
+            if epoch + 1 == cfg.train.epochs:
+                _explain(model, cfg, data, out, device, amp, best_weights=(out / BEST_NAME) if cfg.train.keep_best else None)
             ckpt_dir = out
         if report is not None:
             report(metrics, ckpt_dir)
@@ -394,6 +399,21 @@ def run_trial(
         _write_metrics_csv(history, out / "metrics.csv")
         (out / "result.json").write_text(json.dumps(_jsonable(result.summary()), indent=2))
     return result
+
+
+def _explain(model, cfg: ExperimentConfig, data: TrialData, out: Path, device, amp, best_weights: Path | None) -> None:
+    """Expert weights and attention maps of the selected epoch's weights, into ``out/explain``."""
+    from drx.train.explain import write_explanations
+
+    if model.variant not in ("full", "dsdm"):
+        return
+    last = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
+    if best_weights is not None and best_weights.is_file():
+        model.load_trainable_state_dict(load_checkpoint(best_weights)["model"])
+    try:
+        write_explanations(model, cfg, data.test, data.test_mos_range, out / "explain", device, amp)
+    finally:
+        model.load_trainable_state_dict(last)
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:

@@ -1,0 +1,355 @@
+"""``drx ablate``, ``drx tune`` and ``drx demo``.
+
+Everything that can fail before Ray starts fails here first: the YAML is validated, every trial's
+config is built, the split files are written (so every variant pairs on the same images), the
+embedded benchmark and the miniature prior are built once, and resource requests are checked
+against the cluster. Ray itself is only touched through :mod:`drx.search.tune`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from drx.errors import ConfigError
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _storage(args: argparse.Namespace) -> str:
+    storage = args.storage or os.environ.get("DRX_STORAGE") or "experiments"
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def prepare_shared_inputs(configs: list[dict[str, Any]], say=_say) -> None:
+    """Build what trials would otherwise race to build: the embedded benchmark, the tiny prior."""
+    from drx.config import build_config
+
+    seen: set[str] = set()
+    for c in configs:
+        cfg = build_config(c)
+        for bench, root in ((cfg.data.benchmark, cfg.data.root), (cfg.data.test_benchmark, cfg.data.test_root)):
+            if bench == "embedded" and "embedded" not in seen:
+                from drx.data.embedded import ensure_embedded
+
+                ensure_embedded(root)
+                seen.add("embedded")
+        ref = cfg.model.prior.checkpoint
+        if ref and ref.startswith("builtin:") and ref not in seen and cfg.model.variant != "image_encoder":
+            from drx.model.tiny_prior import resolve_prior_checkpoint
+
+            resolve_prior_checkpoint(cfg.model.prior)
+            seen.add(ref)
+
+
+def make_split_files(jobs: dict[str, dict[str, Any]], exp_dir: Path, say=_say) -> dict[str, str]:
+    """Persist the splits of each benchmark in the experiment folder, before any trial starts."""
+    from drx.data.benchmarks import load_manifest
+    from drx.data.splits import persisted_splits
+    from drx.search.experiment import SPLITS_DIR
+
+    files: dict[str, str] = {}
+    for key, job in jobs.items():
+        manifest = load_manifest(job["benchmark"], job["root"], job["options"])
+        if job.get("test_benchmark"):
+            load_manifest(job["test_benchmark"], job.get("test_root"), job.get("test_options"))  # fail early
+        if not job["needs_split"]:
+            continue
+        path = exp_dir / SPLITS_DIR / f"{job['benchmark']}-s{job['seed']}-n{job['n_splits']}-t{job['train_fraction']:g}.json"
+        persisted_splits(manifest, job["seed"], job["n_splits"], job["train_fraction"], path=path, benchmark=job["benchmark"])
+        files[key] = str(path)
+        say(f"splits of {job['benchmark']}: {path} ({len(manifest)} images, {job['n_splits']} splits)")
+    return files
+
+
+def _load_meta_or_new(exp_dir: Path, kind: str, fingerprint: str, make_meta) -> dict[str, Any]:
+    from drx.search.experiment import META_NAME, read_meta
+
+    if (exp_dir / META_NAME).is_file():
+        meta = read_meta(exp_dir)
+        if meta.get("fingerprint") != fingerprint or meta.get("kind") != kind:
+            raise ConfigError(
+                f"{exp_dir} holds a different experiment ({meta.get('kind')} {meta.get('name')}, started from "
+                f"{meta.get('spec_file')}); its trials would not match this spec. Use --name NEW_NAME to start a new "
+                "experiment, or delete the folder to start this one over."
+            )
+        return meta
+    return make_meta()
+
+
+# ------------------------------------------------------------------------------------------ ablate
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from drx.search.experiment import ABLATE_RUN, META_NAME, PLAN_NAME, new_meta, write_json
+    from drx.search.grid import describe_plan, load_ablation
+
+    plan = load_ablation(args.spec, args.set or [])
+    name = args.name or plan.spec.name
+    if args.dry_run:
+        print(describe_plan(plan))
+        return 0
+    storage = _storage(args)
+    if "://" in storage:
+        raise ConfigError("drx ablate writes its split files and metadata beside the results: --storage must be a path "
+                          "(local, or on a shared filesystem such as NFS for clusters)")
+    exp_dir = Path(storage) / name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    split_files = make_split_files(plan.split_jobs, exp_dir)
+    for t in plan.trials:
+        f = split_files.get(t.benchmark)
+        if f is not None:
+            t.config["data"]["split"]["file"] = f
+    meta = _load_meta_or_new(
+        exp_dir,
+        "ablate",
+        plan.fingerprint(),
+        lambda: new_meta(
+            "ablate", name, plan.spec.model_dump(mode="json"), str(plan.source) if plan.source else None, plan.fingerprint(),
+            {"reference": plan.spec.reference, "variants": plan.variants, "benchmarks": plan.benchmarks,
+             "splits": plan.split_indices, "fractions": plan.fractions, "sweep_key": plan.spec.sweep_key,
+             "protocol": plan.trials[0].config["train"]["protocol"], "compat": plan.trials[0].config["model"]["compat"]},
+        ),
+    )
+    write_json(exp_dir / PLAN_NAME, [{"name": t.name, "key": t.key, "variant": t.variant, "benchmark": t.benchmark, "split": t.split,
+                                      "fraction": t.fraction, "cpu": t.cpu, "gpu": t.gpu, "config": t.config} for t in plan.trials])
+    write_json(exp_dir / META_NAME, meta)
+    prepare_shared_inputs([t.config for t in plan.trials])
+
+    from drx.search import tune as rt
+
+    cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    try:
+        rt.check_storage(storage, rt.alive_nodes())
+        rt.check_resources([(t.name, t.cpu, t.gpu) for t in plan.trials], cluster)
+        _say(f"ablation {name}: {len(plan.trials)} trials on Ray ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU); results in {exp_dir}")
+        t_fit = time.time()
+        grid = rt.run_ablation_grid(plan, storage, name, args.max_concurrent, args.max_failures, args.resume)
+    except KeyboardInterrupt:
+        _say(f"\ninterrupted: finished trials are kept in {exp_dir}; rerun the same command to run only what is unfinished")
+        return 130
+    finally:
+        rt.stop_ray()
+    meta["runs"].append({"run": ABLATE_RUN, "started": t_fit, "wall_s": round(time.time() - t0, 1), "fit_s": round(time.time() - t_fit, 1)})
+    write_json(exp_dir / META_NAME, meta)
+    n_err = grid.num_errors
+    _say(f"\nablation {name} done in {time.time() - t0:.0f} s: {len(plan.trials) - n_err} trials finished, {n_err} failed. "
+         f"Results: {exp_dir}\nNext: drx report {exp_dir}")
+    return 1 if n_err else 0
+
+
+# -------------------------------------------------------------------------------------------- tune
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from drx.search.experiment import CONFIRM_RUN, CONFIRM_TABLE, META_NAME, SEARCH_RUN, new_meta, write_json
+    from drx.search.space import config_for, load_search
+
+    plan = load_search(args.spec, args.set or [])
+    spec = plan.spec
+    name = args.name or spec.name
+    if args.dry_run:
+        print(f"search {spec.name}: {spec.budget.num_samples} samples over {list(spec.space)} on {spec.benchmark.key} split {spec.split}, "
+              f"objective {spec.objective} (max), scheduler {spec.scheduler.type}, max {plan.max_epochs} epochs; "
+              f"confirm the best {spec.confirm.top_k} on splits {plan.confirm_splits}")
+        if spec.enqueue_base:
+            print(f"  first trial (the base config): {plan.defaults}")
+        return 0
+    storage = _storage(args)
+    if "://" in storage:
+        raise ConfigError("drx tune keeps its split files and Optuna study beside the results: --storage must be a path "
+                          "(local, or a shared filesystem such as NFS for clusters)")
+    exp_dir = Path(storage) / name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    from drx.config import build_config
+
+    base = build_config(plan.base_config)
+    job = {"benchmark": base.data.benchmark, "root": base.data.root, "options": base.data.options, "seed": base.data.split.seed,
+           "n_splits": base.data.split.n_splits, "train_fraction": base.data.split.train_fraction, "needs_split": True}
+    files = make_split_files({base.data.benchmark: job}, exp_dir)
+    plan.base_config["data"]["split"]["file"] = files[base.data.benchmark]
+    import hashlib
+
+    fingerprint = hashlib.sha256(json.dumps([plan.base_config, spec.model_dump(mode="json")], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    meta = _load_meta_or_new(
+        exp_dir, "tune", fingerprint,
+        lambda: new_meta("tune", name, spec.model_dump(mode="json"), str(plan.source) if plan.source else None, fingerprint,
+                         {"objective": spec.objective, "base_config": plan.base_config, "defaults": plan.defaults,
+                          "protocol": "clean", "compat": plan.base_config["model"]["compat"]}),
+    )
+    write_json(exp_dir / META_NAME, meta)
+    prepare_shared_inputs([plan.base_config])
+
+    from drx.search import tune as rt
+
+    cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    try:
+        rt.check_storage(storage, rt.alive_nodes())
+        cpu = spec.resources.cpu or base.resources.cpu
+        gpu = spec.resources.gpu if spec.resources.gpu is not None else base.resources.gpu
+        rt.check_resources([("search", cpu, gpu)], cluster)
+        _say(f"search {name}: {spec.budget.num_samples} samples, objective {spec.objective}; results in {exp_dir}")
+        t_fit = time.time()
+        grid, url = rt.run_search(plan, storage, name, args.max_failures, args.resume)
+        meta["optuna_storage"] = url
+        meta["study_name"] = spec.name
+        meta["runs"].append({"run": SEARCH_RUN, "fit_s": round(time.time() - t_fit, 1)})
+        write_json(exp_dir / META_NAME, meta)
+        ranked = rank_search_trials(grid, spec.objective)
+        if not ranked:
+            _say("no search trial reported the objective; nothing to confirm")
+            return 1
+        top = ranked[: spec.confirm.top_k]
+        candidates = {}
+        for i, (value, params, trial_id) in enumerate(top):
+            cand = f"top{i + 1}"
+            candidates[cand] = config_for(plan, params, name=f"{spec.name}/confirm-{cand}")
+            candidates[cand]["train"]["epochs"] = plan.max_epochs
+        meta["confirm_candidates"] = {c: {"search_trial": t, "objective": v, "params": {k: p for k, p in params.items() if k in spec.space}}
+                                      for c, (v, params, t) in zip(candidates, top)}
+        write_json(exp_dir / META_NAME, meta)
+        confirm = None
+        if candidates:
+            _say(f"confirm stage: the best {len(candidates)} configurations on splits {plan.confirm_splits}, without early stopping")
+            t_c = time.time()
+            confirm = rt.run_confirm(candidates, plan.confirm_splits, storage, name, args.max_failures, args.resume)
+            meta["runs"].append({"run": CONFIRM_RUN, "fit_s": round(time.time() - t_c, 1)})
+    except KeyboardInterrupt:
+        _say(f"\ninterrupted: finished trials are kept in {exp_dir}; rerun the same command to continue")
+        return 130
+    finally:
+        rt.stop_ray()
+    meta["runs"].append({"run": "total", "wall_s": round(time.time() - t0, 1)})
+    write_json(exp_dir / META_NAME, meta)
+    if confirm is not None:
+        table = confirm_table(exp_dir, meta)
+        table.to_csv(exp_dir / CONFIRM_TABLE, index=False)
+        _say("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _say(f"\nsearch {name} done in {time.time() - t0:.0f} s. Study: {meta.get('optuna_storage')} (study {spec.name}). "
+         f"Next: drx report {exp_dir}")
+    return 0
+
+
+def rank_search_trials(grid, objective: str) -> list[tuple[float, dict[str, Any], str]]:
+    """(objective as Optuna was told it, sampled params, trial id), best first; failed/diverged excluded."""
+    ranked = []
+    for result in grid:
+        m = result.metrics or {}
+        value = m.get(objective)
+        if result.error is None and m.get("status", "ok") == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
+            ranked.append((float(value), dict(result.config), m.get("trial_id", "")))
+    ranked.sort(key=lambda r: -r[0])
+    return ranked
+
+
+def confirm_table(exp_dir: Path, meta: dict[str, Any]):
+    """Per confirmed configuration: the search's validation objective and the test metrics (median over splits)."""
+    import pandas as pd
+
+    from drx.report.results import read_run
+
+    rows = read_run(exp_dir / "confirm", meta)
+    final = rows.sort_values("epoch").groupby("trial").tail(1)
+    out = []
+    for cand, info in meta.get("confirm_candidates", {}).items():
+        sub = final[final["trial"].str.startswith(f"{cand}-s")]
+        ok = sub[sub["status"] == "ok"]
+        out.append({
+            "candidate": cand,
+            f"search {meta['objective']}": info["objective"],
+            "splits": f"{len(ok)}/{len(sub)}",
+            "test_srcc (median)": float(ok["best_val_test_srcc"].median()) if len(ok) else math.nan,
+            "test_plcc (median)": float(ok["best_val_test_plcc"].median()) if len(ok) else math.nan,
+            "params": json.dumps(info["params"]),
+        })
+    return pd.DataFrame(out)
+
+
+# -------------------------------------------------------------------------------------------- demo
+
+
+def find_study(name: str) -> Path:
+    """A study file: as given, relative to the working folder, or in the drx repository."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    repo = Path(__file__).resolve().parents[2]
+    for cand in (repo / name, repo / "ablations" / name, repo / "ablations" / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"study file {name!r} not found (looked in the working folder and {repo / 'ablations'})")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: the demo ablation through a local Ray, then its report."""
+    spec = find_study(args.spec)
+    ns = argparse.Namespace(spec=str(spec), set=args.set, name=args.name, storage=args.storage, dry_run=False, address=args.address,
+                            num_cpus=args.num_cpus, num_gpus=None, max_concurrent=args.max_concurrent, max_failures=1, resume=False)
+    t0 = time.time()
+    rc = cmd_ablate(ns)
+    if rc not in (0, 1):
+        return rc
+    from drx.search.grid import load_ablation
+
+    name = args.name or load_ablation(spec).spec.name
+    exp_dir = Path(_storage(ns)) / name
+    try:
+        from drx.report.commands import run_report
+    except ImportError:
+        _say(f"demo finished in {time.time() - t0:.0f} s; experiment in {exp_dir}")
+        return rc
+    out = Path(args.out or Path("reports") / name)
+    rc_report = run_report(exp_dir, out)
+    _say(f"demo finished in {time.time() - t0:.0f} s: experiment {exp_dir}, report {out / 'report.html'}")
+    return rc or rc_report
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override applied to every trial (repeatable)")
+    p.add_argument("--name", help="experiment name (default: the YAML's name)")
+    p.add_argument("--storage", help="where experiments live: a path (shared, e.g. NFS, on a multi-node cluster); default ./experiments or $DRX_STORAGE")
+    p.add_argument("--address", help="attach to a running Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: this machine's)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: this machine's)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raised, from its last checkpoint (default 2)")
+    p.add_argument("--resume", action="store_true", help="resume the experiment (rerunning the same command resumes too)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the trials without starting Ray")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("ablate", help="run an ablation grid (variants x benchmarks x splits) on Ray Tune")
+    a.add_argument("spec", metavar="ABLATION.yaml")
+    a.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    _common(a)
+    a.set_defaults(func=cmd_ablate)
+
+    t = sub.add_parser("tune", help="Optuna hyperparameter search on Ray Tune, then a confirm stage on all splits")
+    t.add_argument("spec", metavar="SEARCH_SPACE.yaml")
+    _common(t)
+    t.set_defaults(func=cmd_tune)
+
+    d = sub.add_parser("demo", help="the Table 4/5 ablation on the embedded benchmark through a local Ray, then its report")
+    d.add_argument("--spec", default="ablations/demo.yaml", help="ablation file (default: ablations/demo.yaml)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--name")
+    d.add_argument("--storage")
+    d.add_argument("--address")
+    d.add_argument("--num-cpus", type=int)
+    d.add_argument("--max-concurrent", type=int)
+    d.add_argument("--out", help="report folder (default: reports/<name>)")
+    d.set_defaults(func=cmd_demo)
