@@ -295,13 +295,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-diff", action="store_true", help="skip the default vs reference-math output check")
     m.add_argument("--json", help="write the records (variant, impl, batch, images_per_s, ...) to this file")
     m.set_defaults(func=_cmd_model)
-    try:
-        from drx.data import bench as data_bench
-    except ImportError:
-        return
+    from drx.data import bench as data_bench
+    from drx.report import bench as report_bench
+
     d = bsub.add_parser("data", help="decoded images/s and crops/s through the real loader")
     data_bench.add_arguments(d)
     d.set_defaults(func=data_bench.run)
+    r = bsub.add_parser("report", help="time `drx report` on a synthetic experiment (default 500 trials x 10 epochs)")
+    report_bench.add_arguments(r)
+    r.set_defaults(func=report_bench.run)
 
 
 if __name__ == "__main__":

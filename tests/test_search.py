@@ -123,7 +123,8 @@ def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_p
     spec = write_spec(tmp_path / "kill.yaml", name="kill", overrides={**FAST, "train.epochs": 2})
     storage = tmp_path / "exp"
     cmd = [sys.executable, "-m", "drx.cli", "ablate", str(spec), "--storage", str(storage), "--max-concurrent", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = storage / "kill" / "trials"
     deadline = time.time() + 400
     finished: dict[str, list[str]] = {}
@@ -136,11 +137,17 @@ def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_p
             break
         time.sleep(0.2)
     assert finished, "no trial finished before the deadline"
+    print(f"first trial finished after {time.time() - t0:.0f} s")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    print(f"killed after {time.time() - t0:.0f} s")
+    # Ray copies its experiment state to storage non-atomically; a kill during that copy leaves the
+    # file cut short (seen here). Simulate that worst case: drx must still lose no finished trial.
+    for state in run_dir.glob("experiment_state-*.json"):
+        state.write_text(state.read_text()[:20])
     rc = drx_main(["ablate", str(spec), "--storage", str(storage), "--max-concurrent", "1"])
     assert rc == 0
+    assert (storage / "kill" / "trials-r2").is_dir()
     from drx.report.results import read_experiment
 
     exp = read_experiment(storage / "kill")
@@ -148,6 +155,22 @@ def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_p
     for name, lines in finished.items():
         # The trial that had finished before the kill was not run again.
         assert (run_dir / name / "result.json").read_text().splitlines() == lines
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_grid_restores_it_and_runs_nothing_again(grid_experiment, tmp_path):
+    import shutil
+
+    _, exp_dir = grid_experiment
+    copy = tmp_path / "exp" / "grid"
+    shutil.copytree(exp_dir, copy)
+    before = {p.parent.name: p.read_text() for p in (copy / "trials").glob("*/result.json")}
+    spec = copy.parent / "grid.yaml"
+    meta = json.loads((copy / "drx-experiment.json").read_text())
+    spec.write_text(Path(meta["spec_file"]).read_text())
+    assert drx_main(["ablate", str(spec), "--storage", str(copy.parent), "--resume"]) == 0
+    after = {p.parent.name: p.read_text() for p in (copy / "trials").glob("*/result.json")}
+    assert after == before
 
 
 def test_unknown_keys_fail_before_ray_starts(tmp_path, capsys):

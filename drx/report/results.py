@@ -25,6 +25,9 @@ import pandas as pd
 from drx.errors import DataError
 from drx.search.experiment import ABLATE_RUN, CONFIRM_RUN, PLAN_NAME, SEARCH_RUN, read_meta
 
+#: Metrics of the per-split frame (test metric as ``srcc``..., validation as ``val_srcc``...).
+SELECTED_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
+
 ID_COLUMNS = ["run", "trial", "variant", "benchmark", "test_benchmark", "split", "fraction", "status", "reason", "epoch"]
 
 
@@ -94,7 +97,8 @@ def read_run(run_dir: Path, meta: dict[str, Any], planned_epochs: int | None = N
             status, reason = "diverged", last.get("reason")
         elif ray_status == "ERROR" or (error and ray_status != "TERMINATED"):
             status, reason = "failed", error or "error"
-        elif ray_status == "TERMINATED":
+        elif ray_status == "TERMINATED" or (ray_status is None and planned and epochs_done >= planned):
+            # (No Ray state: a run whose state file was lost; the trial's own results tell.)
             status = "ok" if planned is None or epochs_done >= planned else "stopped"
             reason = None if status == "ok" else f"stopped by the scheduler after epoch {epochs_done}"
         else:
@@ -104,11 +108,38 @@ def read_run(run_dir: Path, meta: dict[str, Any], planned_epochs: int | None = N
         if not results:
             rows.append({**base, "epoch": np.nan})
         for r in results:
-            row = {**base, **{k: v for k, v in r.items() if k != "config" and not isinstance(v, (dict, list))}}
+            # The epoch's own "status"/"reason" go to row_status; "status" is the trial's.
+            row = {**base, **{k: v for k, v in r.items() if k not in ("config", "status", "reason") and not isinstance(v, (dict, list))}}
             row["epoch"] = r.get("epoch", np.nan)
             row["row_status"] = r.get("status")
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def read_runs(exp_dir: Path, base: str, meta: dict[str, Any], planned_epochs: int | None = None) -> pd.DataFrame:
+    """A run and its continuations (``base-rN``, after Ray's state was lost): one row per trial ×
+    epoch, later runs superseding earlier ones; a trial's status is that of its latest run."""
+    from drx.search.experiment import run_folders
+
+    frames = []
+    for order, run in enumerate(run_folders(exp_dir, base)):
+        df = read_run(run, meta, planned_epochs)
+        if len(df):
+            df["run_order"] = order
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=ID_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    if len(frames) == 1:
+        return df.drop(columns="run_order")
+    latest = df.groupby("trial")["run_order"].transform("max")
+    final = df[df["run_order"] == latest].drop_duplicates("trial").set_index("trial")
+    df = df.sort_values("run_order").drop_duplicates(["trial", "epoch"], keep="last")
+    df = df[~(df["epoch"].isna() & df.duplicated("trial", keep=False))]
+    for col in ("status", "reason", "run", "path"):
+        df[col] = df["trial"].map(final[col])
+    df["num_failures"] = df.groupby("trial")["num_failures"].transform("sum")
+    return df.drop(columns="run_order").sort_values(["trial", "epoch"]).reset_index(drop=True)
 
 
 @dataclass
@@ -134,33 +165,39 @@ class Experiment:
         epoch, or best test PLCC under the reference protocol) or ``last``. Columns: variant,
         benchmark, split, fraction, status, srcc, plcc, krcc, rmse, plcc_logistic, epoch."""
         df = self.epochs if run is None else self.epochs[self.epochs["run"] == run]
-        out = []
-        for trial, g in df.groupby("trial", sort=False):
-            g = g.sort_values("epoch")
-            first = g.iloc[0]
-            ok_rows = g[g.get("row_status", pd.Series(index=g.index, dtype=object)) == "ok"] if "row_status" in g else g.iloc[0:0]
-            row = {c: first.get(c) for c in ("run", "trial", "variant", "benchmark", "test_benchmark", "split", "fraction", "status", "reason")}
-            pick = None
-            if first["status"] in ("ok", "stopped", "unfinished") and len(ok_rows):
-                if selection == "last":
-                    pick = ok_rows.iloc[-1]
+        ids = ["run", "trial", "variant", "benchmark", "test_benchmark", "split", "fraction", "status", "reason"]
+        metric_cols = [c for m in SELECTED_METRICS for c in (m, f"val_{m}")]
+        if df.empty:
+            return pd.DataFrame(columns=ids + metric_cols + ["epoch"])
+        # Grouped, not one pandas call per trial: thousands of trials stay fast.
+        ordered = df.sort_values(["trial", "epoch"], kind="stable", na_position="last")
+        first = ordered.groupby("trial", sort=False).head(1).set_index("trial")
+        order = list(pd.unique(df["trial"]))
+        if self.plan:  # planned order (benchmark, variant, split as the spec lists them), not folder names
+            rank = {p["name"]: i for i, p in enumerate(self.plan)}
+            order.sort(key=lambda t: rank.get(t, len(rank)))
+        out = first.reindex(order)
+        # From plain lists, so column types are inferred as for any fresh frame (None -> NaN in text columns).
+        out = pd.DataFrame({c: (list(out.index) if c == "trial" else out[c].tolist() if c in out else [None] * len(out)) for c in ids})
+        pick = pd.DataFrame()
+        if "row_status" in ordered:
+            ok = ordered[(ordered["row_status"] == "ok") & ordered["status"].isin(["ok", "stopped", "unfinished"])]
+            last = ok.groupby("trial", sort=False).tail(1).set_index("trial")
+            pick = last
+            if selection != "last" and len(last):
+                best = pd.to_numeric(last["best_epoch"], errors="coerce") if "best_epoch" in last else pd.Series(np.nan, index=last.index)
+                target = best.where(best.notna(), pd.to_numeric(last["epoch"], errors="coerce"))
+                hit = ok[pd.to_numeric(ok["epoch"], errors="coerce").to_numpy() == ok["trial"].map(target).to_numpy()]
+                match = hit.groupby("trial", sort=False).tail(1).set_index("trial")
+                pick = pd.concat([match, last[~last.index.isin(match.index)]])
+        for m in SELECTED_METRICS:
+            for col, src in ((m, f"test_{m}"), (f"val_{m}", f"val_{m}")):
+                if src in pick:
+                    out[col] = out["trial"].map(pd.to_numeric(pick[src], errors="coerce")).astype(float)
                 else:
-                    best = ok_rows.iloc[-1].get("best_epoch")
-                    match = ok_rows[ok_rows["epoch"] == best] if best is not None and not _isnan(best) else ok_rows.iloc[-1:]
-                    pick = match.iloc[-1] if len(match) else ok_rows.iloc[-1]
-            for m in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
-                row[m] = float(pick.get(f"test_{m}")) if pick is not None and pick.get(f"test_{m}") is not None else math.nan
-                row[f"val_{m}"] = float(pick.get(f"val_{m}")) if pick is not None and pick.get(f"val_{m}") is not None else math.nan
-            row["epoch"] = pick.get("epoch") if pick is not None else math.nan
-            out.append(row)
-        return pd.DataFrame(out)
-
-
-def _isnan(v: Any) -> bool:
-    try:
-        return math.isnan(float(v))
-    except (TypeError, ValueError):
-        return False
+                    out[col] = math.nan
+        out["epoch"] = out["trial"].map(pick["epoch"]).astype(float) if "epoch" in pick else math.nan
+        return out
 
 
 def read_experiment(path: str | Path) -> Experiment:
@@ -174,7 +211,7 @@ def read_experiment(path: str | Path) -> Experiment:
     frames = []
     if meta["kind"] == "ablate":
         by_name = {p["name"]: p for p in plan}
-        df = read_run(exp / ABLATE_RUN, meta)
+        df = read_runs(exp, ABLATE_RUN, meta)
         if len(df):
             for col in ("variant", "benchmark", "split", "fraction"):
                 df[col] = df["trial"].map(lambda t, c=col: by_name.get(t, {}).get(c))
@@ -189,7 +226,7 @@ def read_experiment(path: str | Path) -> Experiment:
         spec = meta["spec"]
         bench = spec["benchmark"]["name"] if isinstance(spec["benchmark"], dict) else spec["benchmark"]
         max_epochs = meta.get("base_config", {}).get("train", {}).get("epochs")
-        s = read_run(exp / SEARCH_RUN, meta, planned_epochs=max_epochs)
+        s = read_runs(exp, SEARCH_RUN, meta, planned_epochs=max_epochs)
         if len(s):
             s["variant"] = s["trial"]
             s["benchmark"] = bench
@@ -197,11 +234,11 @@ def read_experiment(path: str | Path) -> Experiment:
             s["fraction"] = 1.0
             for key in spec["space"]:
                 s[f"param:{key}"] = s["params"].map(lambda p, k=key: _decode(p.get(k)))
-        c = read_run(exp / CONFIRM_RUN, meta, planned_epochs=max_epochs)
+        c = read_runs(exp, CONFIRM_RUN, meta, planned_epochs=max_epochs)
         if len(c):
-            c["variant"] = c["params"].map(lambda p: p.get("candidate"))
+            c["variant"] = c["trial"].str.rsplit("-s", n=1).str[0]
             c["benchmark"] = bench
-            c["split"] = c["params"].map(lambda p: p.get("split"))
+            c["split"] = c["trial"].str.rsplit("-s", n=1).str[1].astype(int)
             c["fraction"] = 1.0
         frames = [s, c]
     frames = [f for f in frames if len(f)]

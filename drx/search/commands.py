@@ -106,6 +106,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     exp_dir = Path(storage) / name
     exp_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    fingerprint = plan.fingerprint()  # before split paths enter the configs: a moved experiment still matches
     split_files = make_split_files(plan.split_jobs, exp_dir)
     for t in plan.trials:
         f = split_files.get(t.benchmark)
@@ -114,9 +115,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     meta = _load_meta_or_new(
         exp_dir,
         "ablate",
-        plan.fingerprint(),
+        fingerprint,
         lambda: new_meta(
-            "ablate", name, plan.spec.model_dump(mode="json"), str(plan.source) if plan.source else None, plan.fingerprint(),
+            "ablate", name, plan.spec.model_dump(mode="json"), str(plan.source) if plan.source else None, fingerprint,
             {"reference": plan.spec.reference, "variants": plan.variants, "benchmarks": plan.benchmarks,
              "splits": plan.split_indices, "fractions": plan.fractions, "sweep_key": plan.spec.sweep_key,
              "protocol": plan.trials[0].config["train"]["protocol"], "compat": plan.trials[0].config["model"]["compat"]},
@@ -178,11 +179,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     base = build_config(plan.base_config)
     job = {"benchmark": base.data.benchmark, "root": base.data.root, "options": base.data.options, "seed": base.data.split.seed,
            "n_splits": base.data.split.n_splits, "train_fraction": base.data.split.train_fraction, "needs_split": True}
-    files = make_split_files({base.data.benchmark: job}, exp_dir)
-    plan.base_config["data"]["split"]["file"] = files[base.data.benchmark]
     import hashlib
 
+    # Before the split path enters the config: a moved experiment still matches its spec.
     fingerprint = hashlib.sha256(json.dumps([plan.base_config, spec.model_dump(mode="json")], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    files = make_split_files({base.data.benchmark: job}, exp_dir)
+    plan.base_config["data"]["split"]["file"] = files[base.data.benchmark]
     meta = _load_meta_or_new(
         exp_dir, "tune", fingerprint,
         lambda: new_meta("tune", name, spec.model_dump(mode="json"), str(plan.source) if plan.source else None, fingerprint,
@@ -255,23 +257,24 @@ def rank_search_trials(grid, objective: str) -> list[tuple[float, dict[str, Any]
 
 
 def confirm_table(exp_dir: Path, meta: dict[str, Any]):
-    """Per confirmed configuration: the search's validation objective and the test metrics (median over splits)."""
+    """Per confirmed configuration: the search's validation objective and the test metrics at each
+    trial's selected (best-validation) epoch, median over the persisted splits."""
     import pandas as pd
 
-    from drx.report.results import read_run
+    from drx.report.results import read_experiment
 
-    rows = read_run(exp_dir / "confirm", meta)
-    final = rows.sort_values("epoch").groupby("trial").tail(1)
+    per_split = read_experiment(exp_dir).per_split("best", run=None)
+    per_split = per_split[per_split["run"].astype(str).str.startswith("confirm")]
     out = []
     for cand, info in meta.get("confirm_candidates", {}).items():
-        sub = final[final["trial"].str.startswith(f"{cand}-s")]
+        sub = per_split[per_split["variant"] == cand]
         ok = sub[sub["status"] == "ok"]
         out.append({
             "candidate": cand,
             f"search {meta['objective']}": info["objective"],
             "splits": f"{len(ok)}/{len(sub)}",
-            "test_srcc (median)": float(ok["best_val_test_srcc"].median()) if len(ok) else math.nan,
-            "test_plcc (median)": float(ok["best_val_test_plcc"].median()) if len(ok) else math.nan,
+            "test_srcc (median)": float(ok["srcc"].median()) if len(ok) else math.nan,
+            "test_plcc (median)": float(ok["plcc"].median()) if len(ok) else math.nan,
             "params": json.dumps(info["params"]),
         })
     return pd.DataFrame(out)

@@ -102,3 +102,55 @@ def new_meta(kind: str, name: str, spec: dict[str, Any], source: str | None, fin
         "runs": [],
         **extra,
     }
+
+
+# ------------------------------------------------------------------------- resuming after a crash
+
+
+def run_folders(exp_dir: Path, base: str) -> list[Path]:
+    """``base``, then the fallback continuations ``base-r2``, ``base-r3``... in order."""
+    found = [exp_dir / base] if (exp_dir / base).is_dir() else []
+    extra = sorted((p for p in exp_dir.glob(f"{base}-r*") if p.is_dir() and p.name[len(base) + 2 :].isdigit()), key=lambda p: int(p.name[len(base) + 2 :]))
+    return found + extra
+
+
+def next_run_name(exp_dir: Path, base: str) -> str:
+    runs = run_folders(exp_dir, base)
+    return base if not runs else f"{base}-r{len(runs) + 1}"
+
+
+def validate_ray_state(run_dir: Path) -> bool:
+    """True when Ray's newest experiment state parses. A state file cut short by a killed driver
+    (Ray copies it to storage non-atomically) is moved aside, so it is never restored from."""
+    good = False
+    for f in sorted(run_dir.glob("experiment_state-*.json")):
+        try:
+            json.loads(f.read_text())
+            good = True
+        except (OSError, json.JSONDecodeError):
+            f.rename(f.with_name(f.name + f".corrupt-{int(time.time())}"))
+    return good
+
+
+def trial_progress(trial_dir: Path) -> tuple[str, int]:
+    """(``done``/``partial``/``new``, last epoch) of a trial folder, from its result.json."""
+    res = trial_dir / "result.json"
+    last: dict[str, Any] = {}
+    if res.is_file():
+        for line in res.read_text().splitlines():
+            try:
+                last = json.loads(line) or last
+            except json.JSONDecodeError:
+                continue
+    if not last:
+        return "new", 0
+    epoch = int(last.get("epoch") or 0)
+    planned = int(last.get("planned_epochs") or 0)
+    if last.get("status") == "diverged" or (planned and epoch >= planned):
+        return "done", epoch
+    return "partial", epoch
+
+
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file())
+    return ckpts[-1] if ckpts else None

@@ -37,8 +37,9 @@ SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs",
 # --------------------------------------------------------------------------------- the trainables
 
 
-def _trial_body(cfg_dict: dict[str, Any], trial_name: str) -> None:
-    """Run one trial inside a Ray worker, resuming from Ray's checkpoint after a failure."""
+def _trial_body(cfg_dict: dict[str, Any], trial_name: str, fallback_resume: str | None = None) -> None:
+    """Run one trial inside a Ray worker, resuming from Ray's checkpoint after a failure (or, when
+    Ray's own state was lost, from the trial's last checkpoint of an earlier run)."""
     import torch
 
     from drx.train.trainer import run_trial
@@ -50,6 +51,8 @@ def _trial_body(cfg_dict: dict[str, Any], trial_name: str) -> None:
     resume = None
     checkpoint = tune.get_checkpoint()
     faulted = False
+    if checkpoint is None and fallback_resume is not None:
+        checkpoint = Checkpoint.from_directory(fallback_resume)
     if checkpoint is not None:
         restored = checkpoint.to_directory(str(work / "restored"))
         resume = Path(restored) / "checkpoint.pt"
@@ -75,11 +78,19 @@ def _trial_body(cfg_dict: dict[str, Any], trial_name: str) -> None:
 
 def ablation_trainable(config: dict[str, Any], trials: dict[str, dict[str, Any]]) -> None:
     """Ray trainable of an ablation grid: the grid point (variant, benchmark, split, fraction) -> its planned trial."""
+    key = _grid_key(config)
+    planned = trials[key]
+    _trial_body(planned["config"], planned["name"], planned.get("resume"))
+
+
+def _grid_key(config: dict[str, Any]) -> str:
+    """The planned trial of a grid point: the axes (variant, benchmark, split, fraction), or the
+    trial key itself in a continuation run."""
     from drx.search.grid import trial_key
 
-    key = trial_key(config["variant"], config["benchmark"], config["split"], config.get("fraction", 1.0))
-    planned = trials[key]
-    _trial_body(planned["config"], planned["name"])
+    if "trial" in config:
+        return config["trial"]
+    return trial_key(config["variant"], config["benchmark"], config["split"], config.get("fraction", 1.0))
 
 
 def search_trainable(config: dict[str, Any], plan: Any) -> None:
@@ -90,13 +101,20 @@ def search_trainable(config: dict[str, Any], plan: Any) -> None:
     _trial_body(config_for(plan, config, name=name), name)
 
 
+def _confirm_point(config: dict[str, Any]) -> tuple[str, int, str | None]:
+    if "pair" in config:  # continuation run: "candidate|split|resume-path"
+        cand, split, resume = config["pair"].split("|", 2)
+        return cand, int(split), resume or None
+    return config["candidate"], int(config["split"]), None
+
+
 def confirm_trainable(config: dict[str, Any], candidates: dict[str, dict[str, Any]]) -> None:
     """Ray trainable of the confirm stage: one candidate configuration on one persisted split."""
-    base = candidates[config["candidate"]]
-    cfg = build_config(base, config["candidate"]).to_dict()
-    cfg["data"]["split"]["index"] = int(config["split"])
-    cfg["name"] = f"{cfg['name']}-s{config['split']}"
-    _trial_body(cfg, f"{config['candidate']}-s{config['split']}")
+    cand, split, resume = _confirm_point(config)
+    cfg = build_config(candidates[cand], cand).to_dict()
+    cfg["data"]["split"]["index"] = split
+    cfg["name"] = f"{cfg['name']}-s{split}"
+    _trial_body(cfg, f"{cand}-s{split}", resume)
 
 
 # ------------------------------------------------------------------------------------- ray set-up
@@ -232,36 +250,42 @@ def _run_config(name: str, storage: str, max_failures: int, callbacks: list) -> 
     )
 
 
-def fit_or_restore(path: str, make_tuner: Callable[[], Tuner], trainable: Any, resume: bool, say: Callable[[str], None]):
-    """Restore an interrupted run (finished trials are kept, unfinished and errored ones continue), else start it."""
-    if Tuner.can_restore(path):
-        say(f"resuming {path}: finished trials are kept; unfinished and errored trials continue from their last checkpoint")
-        tuner = Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        if resume:
-            say(f"--resume: nothing to resume at {path}; starting it")
-        tuner = make_tuner()
-    return tuner.fit()
+def fit_or_restore(exp_dir: Path, base: str, make_tuner: Callable[[str], Tuner], trainable: Any, resume: bool, say: Callable[[str], None],
+                   continuation: Callable[[str, list[Path]], Tuner | None] | None = None):
+    """Restore an interrupted run with Ray's own restore (finished trials are kept, unfinished and
+    errored ones continue), else start it. When Ray's state was lost, ``continuation`` builds a
+    run of what is left in a new folder ``base-rN``."""
+    from drx.search.experiment import next_run_name, run_folders, validate_ray_state
+
+    runs = run_folders(exp_dir, base)
+    latest = runs[-1] if runs else None
+    if latest is not None and Tuner.can_restore(str(latest)) and validate_ray_state(latest):
+        say(f"resuming {latest}: finished trials are kept; unfinished and errored trials continue from their last checkpoint")
+        return Tuner.restore(str(latest), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+    if latest is not None and continuation is not None:
+        name = next_run_name(exp_dir, base)
+        say(f"Ray's experiment state in {latest} is unusable (cut short when the driver was killed); continuing in {exp_dir / name}")
+        tuner = continuation(name, runs)
+        return tuner.fit() if tuner is not None else None
+    if resume and latest is None:
+        say(f"--resume: nothing to resume in {exp_dir}; starting it")
+    return make_tuner(base).fit()
 
 
 def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None, max_failures: int, resume: bool, say=print):
-    """Run (or resume) the grid of an ablation plan under ``storage/name/trials``."""
+    """Run (or resume) the grid of an ablation plan under ``storage/name/trials``.
+
+    Resuming uses Ray's own restore. If Ray's experiment state was lost (a driver killed while Ray
+    copied it), the trials that have not finished run in a continuation folder ``trials-rN``, each
+    from its last checkpoint: finished trials are never run again.
+    """
+    from drx.search.experiment import ABLATE_RUN, latest_checkpoint, next_run_name, run_folders, trial_progress, validate_ray_state
+
+    exp_dir = Path(storage) / name
     trials = {t.key: {"name": t.name, "config": t.config, "cpu": t.cpu, "gpu": t.gpu} for t in plan.trials}
-    by_key = trials
-
-    def resources(config: dict[str, Any]) -> PlacementGroupFactory:
-        from drx.search.grid import trial_key
-
-        t = by_key[trial_key(config["variant"], config["benchmark"], config["split"], config.get("fraction", 1.0))]
-        return _pgf(t["cpu"], t["gpu"])
-
-    trainable = tune.with_resources(tune.with_parameters(ablation_trainable, trials=trials), resources=resources)
-
-    def trial_label(trial) -> str:
-        from drx.search.grid import trial_key
-
-        c = trial.config
-        return by_key[trial_key(c["variant"], c["benchmark"], c["split"], c.get("fraction", 1.0))]["name"]
+    runs = run_folders(exp_dir, ABLATE_RUN)
+    latest = runs[-1] if runs else None
+    restorable = latest is not None and Tuner.can_restore(str(latest)) and validate_ray_state(latest)
 
     space: dict[str, Any] = {
         "variant": tune.grid_search(plan.variants),
@@ -270,8 +294,40 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
     }
     if len(plan.fractions) > 1 or plan.fractions != [1.0]:
         space["fraction"] = tune.grid_search(plan.fractions)
-    exp_dir = str(Path(storage) / name) if "://" not in storage else f"{storage.rstrip('/')}/{name}"
-    from drx.search.experiment import ABLATE_RUN
+    run_name = latest.name if latest is not None else ABLATE_RUN
+    total = len(plan.trials)
+    if latest is not None and not restorable:
+        progress: dict[str, tuple[str, Path]] = {}
+        for run in runs:  # later runs supersede earlier ones
+            for tdir in (p for p in run.iterdir() if p.is_dir()):
+                state, _ = trial_progress(tdir)
+                if state != "new" or tdir.name not in progress:
+                    progress[tdir.name] = (state, tdir)
+        todo = {}
+        for key, t in trials.items():
+            state, tdir = progress.get(t["name"], ("new", None))
+            if state == "done":
+                continue
+            ckpt = latest_checkpoint(tdir) if tdir is not None else None
+            todo[key] = {**t, "resume": str(ckpt) if ckpt else None}
+        if not todo:
+            say(f"every trial of {exp_dir} has finished; nothing to run")
+            return None
+        run_name = next_run_name(exp_dir, ABLATE_RUN)
+        say(f"Ray's experiment state in {latest} is unusable (cut short when the driver was killed); "
+            f"continuing the {len(todo)} unfinished trial(s) in {exp_dir / run_name}, each from its last checkpoint")
+        trials = {**trials, **todo}
+        space = {"trial": tune.grid_search(sorted(todo))}
+        total = len(todo)
+
+    def resources(config: dict[str, Any]) -> PlacementGroupFactory:
+        t = trials[_grid_key(config)]
+        return _pgf(t["cpu"], t["gpu"])
+
+    def trial_label(trial) -> str:
+        return trials[_grid_key(trial.config)]["name"]
+
+    trainable = tune.with_resources(tune.with_parameters(ablation_trainable, trials=trials), resources=resources)
 
     def make() -> Tuner:
         return Tuner(
@@ -284,11 +340,15 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
                 trial_name_creator=trial_label,
                 trial_dirname_creator=trial_label,
             ),
-            run_config=_run_config(ABLATE_RUN, exp_dir, max_failures, [ProgressPrinter(len(plan.trials), trial_label, say=say)]),
+            run_config=_run_config(run_name, str(exp_dir), max_failures, [ProgressPrinter(total, trial_label, say=say)]),
         )
 
-    run_path = f"{exp_dir}/{ABLATE_RUN}"
-    return fit_or_restore(run_path, make, trainable, resume, say)
+    if restorable:
+        say(f"resuming {latest}: finished trials are kept; unfinished and errored trials continue from their last checkpoint")
+        return Tuner.restore(str(latest), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+    if resume and latest is None:
+        say(f"--resume: nothing to resume in {exp_dir}; starting it")
+    return make().fit()
 
 
 def optuna_storage(spec_storage: str | None, exp_dir: str):
@@ -349,20 +409,29 @@ def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, s
     def label(trial) -> str:
         return f"search-{trial.trial_id}"
 
-    def make() -> Tuner:
+    def make(run_name: str, num_samples: int | None = None) -> Tuner:
+        n = num_samples or spec.budget.num_samples
         return Tuner(
             trainable,
             tune_config=TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=spec.budget.num_samples,
+                num_samples=n,
                 trial_name_creator=label,
                 trial_dirname_creator=label,
             ),
-            run_config=_run_config(SEARCH_RUN, exp_dir, max_failures, [ProgressPrinter(spec.budget.num_samples, label, metric=spec.objective, say=say)]),
+            run_config=_run_config(run_name, exp_dir, max_failures, [ProgressPrinter(n, label, metric=spec.objective, say=say)]),
         )
 
-    return fit_or_restore(f"{exp_dir}/{SEARCH_RUN}", make, trainable, resume, say), url
+    def continuation(run_name: str, runs: list[Path]) -> Tuner | None:
+        # The Optuna study persists: the sampler continues from every trial it was told about.
+        from drx.search.experiment import trial_progress
+
+        done = sum(1 for run in runs for t in run.iterdir() if t.is_dir() and trial_progress(t)[0] != "new")
+        left = spec.budget.num_samples - done
+        return make(run_name, left) if left > 0 else None
+
+    return fit_or_restore(Path(exp_dir), SEARCH_RUN, make, trainable, resume, say, continuation), url
 
 
 def run_confirm(candidates: dict[str, dict[str, Any]], splits: list[int], storage: str, name: str, max_failures: int, resume: bool, say=print):
@@ -376,14 +445,33 @@ def run_confirm(candidates: dict[str, dict[str, Any]], splits: list[int], storag
     )
 
     def label(trial) -> str:
-        return f"{trial.config['candidate']}-s{trial.config['split']}"
+        cand, split, _ = _confirm_point(trial.config)
+        return f"{cand}-s{split}"
 
-    def make() -> Tuner:
+    def make(run_name: str, space: dict[str, Any] | None = None) -> Tuner:
         return Tuner(
             trainable,
-            param_space={"candidate": tune.grid_search(list(candidates)), "split": tune.grid_search(splits)},
+            param_space=space or {"candidate": tune.grid_search(list(candidates)), "split": tune.grid_search(splits)},
             tune_config=TuneConfig(scheduler=FIFOScheduler(), trial_name_creator=label, trial_dirname_creator=label),
-            run_config=_run_config(CONFIRM_RUN, exp_dir, max_failures, [ProgressPrinter(len(candidates) * len(splits), label, say=say)]),
+            run_config=_run_config(run_name, exp_dir, max_failures, [ProgressPrinter(len(candidates) * len(splits), label, say=say)]),
         )
 
-    return fit_or_restore(f"{exp_dir}/{CONFIRM_RUN}", make, trainable, resume, say)
+    def continuation(run_name: str, runs: list[Path]) -> Tuner | None:
+        from drx.search.experiment import latest_checkpoint, trial_progress
+
+        progress: dict[str, tuple[str, Path]] = {}
+        for run in runs:
+            for t in (p for p in run.iterdir() if p.is_dir()):
+                state, _ = trial_progress(t)
+                if state != "new" or t.name not in progress:
+                    progress[t.name] = (state, t)
+        pairs = []
+        for cand in candidates:
+            for split in splits:
+                state, tdir = progress.get(f"{cand}-s{split}", ("new", None))
+                if state != "done":
+                    ckpt = latest_checkpoint(tdir) if tdir is not None else None
+                    pairs.append(f"{cand}|{split}|{ckpt or ''}")
+        return make(run_name, {"pair": tune.grid_search(pairs)}) if pairs else None
+
+    return fit_or_restore(Path(exp_dir), CONFIRM_RUN, make, trainable, resume, say, continuation)
