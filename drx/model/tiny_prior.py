@@ -33,7 +33,7 @@ from drx.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 TINY_DACLIP = "tiny-daclip"
-VERSION = 1
+VERSION = 2
 
 # The miniature prior's architecture: an open_clip ViT at 64 px (8-px patches: an 8x8 token grid,
 # like the tiny image encoder) and a 2-layer text tower.
@@ -44,8 +44,8 @@ TINY_PRIOR_ARCH: dict[str, Any] = {
 }
 BASE_SIZE = 256  # procedural images at the embedded benchmark's scale, so distortions match
 CROP = 64
-N_BASE = 270
-STEPS = 1200
+N_BASE = 360
+STEPS = 2000
 BATCH = 64
 SEED = 20261126
 
@@ -141,21 +141,72 @@ def dead_leaves(rng: np.random.Generator, size: int = BASE_SIZE) -> np.ndarray:
     return img
 
 
-def procedural_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n distorted dead-leaves images -> (images [n,S,S,3] uint8, family index [n], level [n])."""
+def fractal_scene(rng: np.random.Generator, size: int = BASE_SIZE) -> np.ndarray:
+    """A 1/f^β noise landscape [size, size, 3] in [0,1]: smooth large-scale shading with fine
+    texture, the power spectrum of natural scenes (β drawn around 2)."""
+    beta = rng.uniform(1.6, 2.6)
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    radius = np.sqrt(fx**2 + fy**2)
+    radius[0, 0] = 1.0
+    amplitude = radius ** (-beta / 2)
+    amplitude[0, 0] = 0.0
+    base = rng.uniform(0.2, 0.8)
+    chroma = rng.normal(0, 0.15, 3)
+    out = np.empty((size, size, 3), np.float32)
+    shared = np.fft.irfft2(amplitude * np.exp(2j * np.pi * rng.random(amplitude.shape)), s=(size, size))
+    shared = (shared - shared.mean()) / (shared.std() + 1e-8)
+    for c in range(3):
+        own = np.fft.irfft2(amplitude * np.exp(2j * np.pi * rng.random(amplitude.shape)), s=(size, size))
+        own = (own - own.mean()) / (own.std() + 1e-8)
+        out[..., c] = base + chroma[c] + rng.uniform(0.12, 0.25) * (0.8 * shared + 0.2 * own)
+    return np.clip(out, 0, 1)
+
+
+def procedural_image(rng: np.random.Generator, size: int = BASE_SIZE) -> np.ndarray:
+    """Dead leaves, a fractal landscape, or leaves over a landscape (half and half by a soft mask)."""
+    kind = rng.random()
+    if kind < 0.45:
+        return dead_leaves(rng, size)
+    if kind < 0.7:
+        return fractal_scene(rng, size)
+    leaves, land = dead_leaves(rng, size), fractal_scene(rng, size)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    angle = rng.uniform(0, 2 * np.pi)
+    mask = 1 / (1 + np.exp(-((np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)) * rng.uniform(8, 30))))
+    return (mask[..., None] * leaves + (1 - mask[..., None]) * land).astype(np.float32)
+
+
+def _one_sample(args: tuple[int, int]) -> tuple[np.ndarray, int, int]:
     from drx.data.embedded import FAMILIES
 
+    seed, i = args
     families = list(FAMILIES.values())
-    images = np.empty((n, BASE_SIZE, BASE_SIZE, 3), np.uint8)
-    fam = np.empty(n, np.int64)
-    lvl = np.empty(n, np.int64)
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        base = dead_leaves(rng)
-        k = i % len(families)
-        level = int(rng.integers(1, families[k].levels + 1))
-        images[i] = np.round(families[k].apply(base, level, rng) * 255).astype(np.uint8)
-        fam[i], lvl[i] = k, level
+    rng = np.random.default_rng([seed, i])
+    base = procedural_image(rng)
+    k = i % len(families)
+    level = int(rng.integers(1, families[k].levels + 1))
+    return np.round(families[k].apply(base, level, rng) * 255).astype(np.uint8), k, level
+
+
+def procedural_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n distorted procedural images -> (images [n,S,S,3] uint8, family index [n], level [n]).
+
+    Deterministic per index (seeded by (seed, i)); generated on every core.
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(seed, i) for i in range(n)]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            samples = list(pool.map(_one_sample, jobs, chunksize=8))
+    else:
+        samples = [_one_sample(j) for j in jobs]
+    images = np.stack([s[0] for s in samples])
+    fam = np.array([s[1] for s in samples], np.int64)
+    lvl = np.array([s[2] for s in samples], np.int64)
     return images, fam, lvl
 
 
@@ -197,7 +248,8 @@ def build_tiny_daclip(path: Path, log: Callable[[str], None] = print, steps: int
     controller.requires_grad_(True)
     width = controller.visual.transformer.width
     aux = nn.Linear(width, len(prompts) + 1)  # tap head: family logits + strength
-    params = [*controller.parameters(), *aux.parameters()]
+    strength = nn.Linear(prior.embed_dim, 1)  # reads the strength from the (normalised) embedding
+    params = [*controller.parameters(), *aux.parameters(), *strength.parameters()]
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     text = prior.text_features.detach()
@@ -208,9 +260,16 @@ def build_tiny_daclip(path: Path, log: Callable[[str], None] = print, steps: int
     def losses(x, f, lv):
         view = prior.prepare_input(x, mean, std, "clean")
         emb, hidden = controller(view)
-        logits = scale * F.normalize(emb, dim=-1) @ text.t()
+        unit = F.normalize(emb, dim=-1)
+        logits = scale * unit @ text.t()
         pooled = aux(hidden[:, 1:].mean(1))
-        loss = F.cross_entropy(logits, f) + F.cross_entropy(pooled[:, :-1], f) + F.mse_loss(pooled[:, -1], (lv - 2.5) / 1.5)
+        target = (lv - 2.5) / 1.5
+        loss = (
+            F.cross_entropy(logits, f)
+            + 0.5 * F.mse_loss(strength(unit).squeeze(-1), target)
+            + F.cross_entropy(pooled[:, :-1], f)
+            + F.mse_loss(pooled[:, -1], target)
+        )
         return loss, logits
 
     batches = _batches(images, fam, lvl, np.random.default_rng(SEED), BATCH)
