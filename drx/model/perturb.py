@@ -19,7 +19,8 @@ def perturb_parameters_(model: nn.Module, seed: int = 0, scale: float = 0.3) -> 
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
         spread = float(p.detach().double().std()) if p.numel() > 1 else 0.0
         spread = spread if spread > 0 else 1.0
-        p.add_((scale * spread * noise + 0.1 * scale * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype))
+        delta = scale * spread * noise + 0.1 * scale * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        p.add_(delta.to(device=p.device, dtype=p.dtype))  # drawn on the CPU: the same numbers on any device
     for m in model.modules():  # derived buffers (prompt text features) follow the new weights
         if hasattr(m, "refresh_text_features"):
             m.refresh_text_features()
