@@ -278,6 +278,42 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    """Train a preset on several splits of a benchmark: the learning figure and its time per split."""
+    import time
+
+    import pandas as pd
+
+    from drx.config import load_config
+    from drx.train.trainer import run_trial
+
+    rows = []
+    machine = machine_description("cpu")
+    print(f"drx bench learn: preset {args.preset} on splits {args.splits}; {machine}")
+    for split in [int(s) for s in args.splits.split(",")]:
+        cfg = load_config(args.preset, [*(args.set or []), f"data.split.index={split}"])
+        t0 = time.perf_counter()
+        result = run_trial(cfg, progress=False, log_line=lambda line: None)
+        wall = time.perf_counter() - t0
+        summary = result.summary()
+        rows.append({
+            "split": split,
+            "status": summary["status"],
+            "test_srcc_last": summary["test_srcc"],
+            "test_srcc_selected": summary["best_val_test_srcc"],
+            "test_plcc_last": summary["test_plcc"],
+            "wall_s": wall,
+            "target_srcc": args.target_srcc,
+            "met": summary["test_srcc"] >= args.target_srcc and wall <= args.target_seconds,
+        })
+        print(f"  split {split}: test SRCC {summary['test_srcc']:.3f} (selected epoch {summary['best_val_test_srcc']:.3f}), {wall:.0f} s")
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "preset": args.preset, "records": rows}, indent=2, default=str))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="measure model and data throughput")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
@@ -296,6 +332,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-diff", action="store_true", help="skip the default vs reference-math output check")
     m.add_argument("--json", help="write the records (variant, impl, batch, images_per_s, ...) to this file")
     m.set_defaults(func=_cmd_model)
+    le = bsub.add_parser("learn", help="train a preset on splits of its benchmark: test SRCC and time per split")
+    le.add_argument("--preset", default="tiny")
+    le.add_argument("--splits", default="0,1,2")
+    le.add_argument("--set", action="append", metavar="KEY=VALUE")
+    le.add_argument("--target-srcc", type=float, default=0.60, help="the learning target per split (default 0.60)")
+    le.add_argument("--target-seconds", type=float, default=120.0, help="the time target per split (default 120)")
+    le.add_argument("--json")
+    le.set_defaults(func=_cmd_learn)
+
     from drx.data import bench as data_bench
     from drx.report import bench as report_bench
 

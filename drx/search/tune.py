@@ -336,7 +336,8 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
             tune_config=TuneConfig(
                 scheduler=FIFOScheduler(),  # no early stopping: an ablation compares fully trained models
                 max_concurrent_trials=max_concurrent,
-                reuse_actors=False,
+                # Trials of equal resources reuse worker processes: no re-import of torch per trial.
+                reuse_actors=True,
                 trial_name_creator=trial_label,
                 trial_dirname_creator=trial_label,
             ),
