@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--crops", type=int, default=1, help="training crops per image (default 1)")
-    parser.add_argument("--crop-size", type=int, default=384, help="crop side in px (default 384)")
+    parser.add_argument("--crop-size", type=int, default=None, help="crop side in px (default 384; 64 for the embedded benchmark, as the tiny preset)")
     parser.add_argument("--resize", type=int, default=None, help="resize the shorter side to N px first")
     stop = parser.add_mutually_exclusive_group()
     stop.add_argument("--seconds", type=float, default=None, help="measure for S seconds (default 10)")
@@ -74,6 +74,8 @@ def measure(
 
 def run(args: argparse.Namespace) -> int:
     """Run ``drx bench data`` and print a small table; returns the exit code."""
+    if args.crop_size is None:
+        args.crop_size = 64 if args.benchmark == "embedded" else 384
     for name in ("batch", "crops", "crop_size"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
