@@ -90,7 +90,8 @@ def read_run(run_dir: Path, meta: dict[str, Any], planned_epochs: int | None = N
         state = states.get(trial_dir.name, {})
         error = _error_line(trial_dir)
         ray_status = state.get("ray_status")
-        epochs_done = sum(1 for r in results if r.get("status") == "ok")
+        # The last epoch reached (a continuation run holds only the epochs after its resume point).
+        epochs_done = max((int(r.get("epoch") or 0) for r in results if r.get("status") == "ok"), default=0)
         last = results[-1] if results else {}
         planned = planned_epochs or last.get("planned_epochs")
         if last.get("status") == "diverged":
