@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -35,4 +33,4 @@ def test_demo_runs_the_grid_and_writes_the_report(tmp_path, capsys):
     tidy = pd.read_parquet(out / "results.parquet")
     assert tidy["trial"].nunique() == 30 and set(tidy["status"]) == {"ok"}
     assert "\\toprule" in (out / "ablation.tex").read_text()
-    assert Path(tmp_path / "exp" / "demo" / "splits").is_dir()
+    assert (tmp_path / "exp" / "demo" / "splits").is_dir()
