@@ -19,6 +19,7 @@ same strict loader as the real ``daclip_ViT-B-32.pt``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +49,11 @@ N_BASE = 360
 STEPS = 2000
 BATCH = 64
 SEED = 20261126
+
+
+def _progress(message: str) -> None:
+    # Build progress goes to stderr: stdout may be machine-readable (drx predict --format json/csv).
+    print(message, file=sys.stderr, flush=True)
 
 
 def tiny_prompts() -> list[str]:
@@ -85,7 +91,7 @@ def tiny_daclip_path() -> Path:
     return cache_dir() / f"{TINY_DACLIP}-v{VERSION}.pt"
 
 
-def ensure_tiny_daclip(path: Path | None = None, log: Callable[[str], None] = print) -> Path:
+def ensure_tiny_daclip(path: Path | None = None, log: Callable[[str], None] = _progress) -> Path:
     """Build the miniature prior once (under a file lock, so parallel trials wait, not race)."""
     from drx.data.embedded import file_lock
 
@@ -229,7 +235,7 @@ def _batches(images: np.ndarray, fam: np.ndarray, lvl: np.ndarray, rng: np.rando
         yield (x - mean) / std, torch.from_numpy(fam[idx]), torch.from_numpy(lvl[idx]).float()
 
 
-def build_tiny_daclip(path: Path, log: Callable[[str], None] = print, steps: int = STEPS, n_base: int = N_BASE) -> dict[str, Any]:
+def build_tiny_daclip(path: Path, log: Callable[[str], None] = _progress, steps: int = STEPS, n_base: int = N_BASE) -> dict[str, Any]:
     """Train the miniature DA-CLIP and save it (official key layout) to ``path``; returns its record."""
     from drx.model.drexperts import IMAGENET_MEAN, IMAGENET_STD
     from drx.model.prior import DistortionPrior
