@@ -216,6 +216,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(2e-4, gt=0.0)
+    # The image encoder's learning rate is lr × this (1: one rate for all, as the reference).
+    encoder_lr_scale: float = Field(1.0, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)

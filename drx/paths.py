@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -11,3 +12,11 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("DRX_CACHE") or Path.home() / ".cache" / "drx").expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def build_progress(message: str) -> None:
+    """Progress of a one-off build (embedded photographs, miniature prior, tiny encoder).
+
+    It goes to stderr: stdout may be machine-readable (``drx predict --format json/csv``).
+    """
+    print(message, file=sys.stderr, flush=True)

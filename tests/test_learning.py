@@ -23,6 +23,6 @@ def test_tiny_preset_learns_from_near_zero():
     assert abs(before) < 0.3 or np.isnan(before)
     result = run_trial(cfg, progress=False)
     assert result.status == "ok"
-    # Measured 0.62 on this machine (docs/performance.md); the margin absorbs thread-count rounding.
-    assert result.final["test_srcc"] >= 0.55
+    # Measured 0.76 on this machine (docs/performance.md); the margin absorbs thread-count rounding.
+    assert result.final["test_srcc"] >= 0.65
     assert result.final["test_srcc"] > before + 0.3

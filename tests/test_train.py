@@ -94,6 +94,28 @@ def test_param_groups_clean_and_reference():
     assert not any(n.startswith("prior.") for n in clean | ref)
 
 
+def test_encoder_lr_scale_gives_the_encoder_its_own_rate():
+    from drx.model import build_model
+    from drx.train.optim import build_optimizer, build_scheduler
+
+    cfg = load_config("tiny", ["model.prior.checkpoint=null", "model.backbone.pretrained=null", "train.encoder_lr_scale=0.1"])
+    model = build_model(cfg.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, cfg.train)
+    rates = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert rates["encoder.vit.blocks.0.attn.qkv.weight"] == pytest.approx(1e-4)
+    assert rates["encoder.vit.cls_token"] == pytest.approx(1e-4)
+    assert rates["dsdm.q1.weight"] == pytest.approx(1e-3) and rates["head.weight"] == pytest.approx(1e-3)
+    assert len(rates) == sum(p.requires_grad for p in model.parameters())  # every parameter, once
+    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch=10)
+    for _ in range(25):
+        optimizer.step()
+        scheduler.step()
+    now = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    # The schedule scales both rates by the same factor.
+    assert now["encoder.vit.blocks.0.attn.qkv.weight"] / now["head.weight"] == pytest.approx(0.1)
+
+
 # ------------------------------------------------------------------------------------ the loop
 
 
@@ -253,3 +275,18 @@ def test_predict_scores_a_folder_with_expert_weights_and_reports_bad_images(tmp_
     row = next(line for line in table.splitlines() if "coffee-hazy-2.png" in line).split()
     shown_score = float(row[row.index(next(t for t in row if t.endswith("coffee-hazy-2.png"))) + 1])
     assert abs(shown_score - scored["coffee-hazy-2.png"]["score"]) <= 1.5e-3
+
+
+def test_predict_does_not_need_the_pretrained_encoder_file(tmp_path):
+    from drx.model import build_model
+    from drx.model.weights import deit3_official_state_dict
+    from drx.train.checkpoint import atomic_save
+    from drx.train.predict import load_trained
+
+    pretrained = tmp_path / "encoder.pt"
+    atomic_save(deit3_official_state_dict(build_model(load_config("tiny", ["model.prior.checkpoint=null", "model.backbone.pretrained=null"]).model).encoder.vit), pretrained)
+    run_trial(quick(f"model.backbone.pretrained={pretrained}", "train.epochs=1"), out_dir=tmp_path / "run", progress=False)
+    trained = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)["model"]
+    pretrained.unlink()  # e.g. the checkpoint was copied to a machine that only predicts
+    model, _, _ = load_trained(tmp_path / "run" / "best.pt")
+    assert torch.equal(model.encoder.vit.pos_embed, trained["encoder.vit.pos_embed"])

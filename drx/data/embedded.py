@@ -90,7 +90,12 @@ def pristine(scene: str) -> np.ndarray:
     arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
         arr = np.clip(np.round(arr.astype(np.float64) * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr, "RGB")
+    return fit_to_scale(Image.fromarray(arr, "RGB"))
+
+
+def fit_to_scale(img: Image.Image) -> np.ndarray:
+    """An RGB image at the benchmark's scale: shorter side 256 px (antialiased bicubic), longer
+    side center-cropped to at most 384 px -> uint8 HxWx3."""
     w, h = img.size
     if w <= h:
         size = (SHORT_SIDE, max(SHORT_SIDE, round(h * SHORT_SIDE / w)))
@@ -306,15 +311,23 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def quality_score(distorted: np.ndarray, reference: np.ndarray) -> float:
-    """Label formula: 100 x SSIM between the BT.601 luminances of the two uint8 images (scaled to
-    [0, 1], data_range 1, Gaussian window sigma 1.5, population covariance: Wang et al. 2004)."""
+def ssim_with_map(distorted: np.ndarray, reference: np.ndarray) -> tuple[float, np.ndarray]:
+    """SSIM between the BT.601 luminances of two uint8 HxWx3 images (scaled to [0, 1], data_range 1,
+    Gaussian window sigma 1.5, population covariance: Wang et al. 2004) -> (mean SSIM, SSIM map
+    [H, W]). The mean leaves out the borders the window does not cover, as scikit-image does."""
     from skimage.metrics import structural_similarity
 
     a = luminance(distorted.astype(np.float64) / 255.0)
     b = luminance(reference.astype(np.float64) / 255.0)
-    ssim = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-    return 100.0 * float(ssim)
+    mean, ssim_map = structural_similarity(
+        a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True
+    )
+    return float(mean), ssim_map
+
+
+def quality_score(distorted: np.ndarray, reference: np.ndarray) -> float:
+    """Label formula: 100 x the mean SSIM of :func:`ssim_with_map`."""
+    return 100.0 * ssim_with_map(distorted, reference)[0]
 
 
 def image_id(scene: str, family: str, level: int) -> str:

@@ -181,8 +181,9 @@ class DRExperts(nn.Module):
 def build_model(cfg: ModelConfig) -> DRExperts:
     """The factory: a DR.Experts variant from its config, with pretrained weights when configured.
 
-    Pretrained files are read from local paths only (``model.backbone.pretrained``,
-    ``model.prior.checkpoint``); ``None`` leaves random initialisation.
+    Pretrained files are read from local paths (``model.backbone.pretrained``,
+    ``model.prior.checkpoint``) or built once by drx (``builtin:tiny-deit3``, ``builtin:tiny-daclip``);
+    ``None`` leaves random initialisation.
     """
     from drx.model.weights import load_backbone_weights, load_prior_weights
 
@@ -190,7 +191,9 @@ def build_model(cfg: ModelConfig) -> DRExperts:
         raise ConfigError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
     model = DRExperts(cfg)
     if model.encoder is not None and cfg.backbone.pretrained:
-        load_backbone_weights(model.encoder.vit, cfg.backbone.pretrained)
+        from drx.model.tiny_encoder import resolve_backbone_checkpoint
+
+        load_backbone_weights(model.encoder.vit, resolve_backbone_checkpoint(cfg.backbone, cfg.img_size))
     if model.prior is not None and cfg.prior.checkpoint:
         from drx.model.tiny_prior import resolve_prior_checkpoint
 

@@ -19,7 +19,6 @@ same strict loader as the real ``daclip_ViT-B-32.pt``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +30,9 @@ from torch import nn
 
 from drx.config import PriorConfig
 from drx.errors import ConfigError
+from drx.builtin import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores
+from drx.paths import build_progress
 
-BUILTIN_PREFIX = "builtin:"
 TINY_DACLIP = "tiny-daclip"
 VERSION = 2
 
@@ -51,11 +51,6 @@ BATCH = 64
 SEED = 20261126
 
 
-def _progress(message: str) -> None:
-    # Build progress goes to stderr: stdout may be machine-readable (drx predict --format json/csv).
-    print(message, file=sys.stderr, flush=True)
-
-
 def tiny_prompts() -> list[str]:
     from drx.data.embedded import FAMILIES
 
@@ -67,11 +62,8 @@ def resolve_prior_checkpoint(cfg: PriorConfig) -> Path:
     ref = cfg.checkpoint
     if ref is None:
         raise ConfigError("model.prior.checkpoint is null: nothing to load")
-    if not ref.startswith(BUILTIN_PREFIX):
+    if builtin_name(ref, "model.prior.checkpoint", [TINY_DACLIP]) is None:
         return Path(ref).expanduser()
-    name = ref[len(BUILTIN_PREFIX) :]
-    if name != TINY_DACLIP:
-        raise ConfigError(f"model.prior.checkpoint: unknown built-in prior {ref!r}; available: {BUILTIN_PREFIX}{TINY_DACLIP}")
     if cfg.kind not in ("daclip", "clip"):
         raise ConfigError(f"model.prior.checkpoint {ref!r} needs model.prior.kind daclip or clip, got {cfg.kind!r}")
     want = PriorConfig(kind="daclip", arch="ViT-B-32", arch_overrides=TINY_PRIOR_ARCH)
@@ -85,24 +77,9 @@ def resolve_prior_checkpoint(cfg: PriorConfig) -> Path:
     return ensure_tiny_daclip()
 
 
-def tiny_daclip_path() -> Path:
-    from drx.paths import cache_dir
-
-    return cache_dir() / f"{TINY_DACLIP}-v{VERSION}.pt"
-
-
-def ensure_tiny_daclip(path: Path | None = None, log: Callable[[str], None] = _progress) -> Path:
-    """Build the miniature prior once (under a file lock, so parallel trials wait, not race)."""
-    from drx.data.embedded import file_lock
-
-    path = path or tiny_daclip_path()
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_suffix(".lock")):
-        if not path.is_file():
-            build_tiny_daclip(path, log=log)
-    return path
+def ensure_tiny_daclip(path: Path | None = None, log: Callable[[str], None] = build_progress) -> Path:
+    """The miniature prior's file, built once."""
+    return ensure_built(path or builtin_path(TINY_DACLIP, VERSION), lambda p: build_tiny_daclip(p, log=log))
 
 
 # -------------------------------------------------------------------------------- procedural data
@@ -200,16 +177,7 @@ def procedural_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     Deterministic per index (seeded by (seed, i)); generated on every core.
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    jobs = [(seed, i) for i in range(n)]
-    workers = max(1, min(4, os.cpu_count() or 1))
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            samples = list(pool.map(_one_sample, jobs, chunksize=8))
-    else:
-        samples = [_one_sample(j) for j in jobs]
+    samples = map_on_cores(_one_sample, [(seed, i) for i in range(n)])
     images = np.stack([s[0] for s in samples])
     fam = np.array([s[1] for s in samples], np.int64)
     lvl = np.array([s[2] for s in samples], np.int64)
@@ -235,7 +203,7 @@ def _batches(images: np.ndarray, fam: np.ndarray, lvl: np.ndarray, rng: np.rando
         yield (x - mean) / std, torch.from_numpy(fam[idx]), torch.from_numpy(lvl[idx]).float()
 
 
-def build_tiny_daclip(path: Path, log: Callable[[str], None] = _progress, steps: int = STEPS, n_base: int = N_BASE) -> dict[str, Any]:
+def build_tiny_daclip(path: Path, log: Callable[[str], None] = build_progress, steps: int = STEPS, n_base: int = N_BASE) -> dict[str, Any]:
     """Train the miniature DA-CLIP and save it (official key layout) to ``path``; returns its record."""
     from drx.model.drexperts import IMAGENET_MEAN, IMAGENET_STD
     from drx.model.prior import DistortionPrior
@@ -255,9 +223,6 @@ def build_tiny_daclip(path: Path, log: Callable[[str], None] = _progress, steps:
     width = controller.visual.transformer.width
     aux = nn.Linear(width, len(prompts) + 1)  # tap head: family logits + strength
     strength = nn.Linear(prior.embed_dim, 1)  # reads the strength from the (normalised) embedding
-    params = [*controller.parameters(), *aux.parameters(), *strength.parameters()]
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     text = prior.text_features.detach()
     scale = 1 / 0.07  # CLIP's initial temperature
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -279,15 +244,8 @@ def build_tiny_daclip(path: Path, log: Callable[[str], None] = _progress, steps:
         return loss, logits
 
     batches = _batches(images, fam, lvl, np.random.default_rng(SEED), BATCH)
-    for step in range(steps):
-        x, f, lv = next(batches)
-        loss, _ = losses(x, f, lv)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % max(1, steps // 4) == 0:
-            log(f"  miniature prior: step {step + 1}/{steps} loss {loss.item():.3f}")
+    params = [*controller.parameters(), *aux.parameters(), *strength.parameters()]
+    fit_one_cycle(params, lambda batch: losses(*batch)[0], batches, steps, 2e-3, log, "miniature prior")
     controller.eval()
     prior.requires_grad_(False)
     with torch.no_grad():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from drx.errors import ConfigError
+from drx.builtin import BUILTIN_PREFIX
 
 
 def _say(text: str) -> None:
@@ -45,10 +46,16 @@ def prepare_shared_inputs(configs: list[dict[str, Any]], say=_say) -> None:
                 ensure_embedded(root)
                 seen.add("embedded")
         ref = cfg.model.prior.checkpoint
-        if ref and ref.startswith("builtin:") and ref not in seen and cfg.model.variant != "image_encoder":
+        if ref and ref.startswith(BUILTIN_PREFIX) and ref not in seen and cfg.model.variant != "image_encoder":
             from drx.model.tiny_prior import resolve_prior_checkpoint
 
             resolve_prior_checkpoint(cfg.model.prior)
+            seen.add(ref)
+        ref = cfg.model.backbone.pretrained
+        if ref and ref.startswith(BUILTIN_PREFIX) and ref not in seen and cfg.model.variant != "prior_only":
+            from drx.model.tiny_encoder import resolve_backbone_checkpoint
+
+            resolve_backbone_checkpoint(cfg.model.backbone, cfg.model.img_size)
             seen.add(ref)
 
 

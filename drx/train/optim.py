@@ -18,14 +18,18 @@ from drx.config import TrainConfig
 _EMBEDDING_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "positional_embedding", "class_embedding", "expert_queries")
 
 
-def param_groups(model: nn.Module, weight_decay: float, compat: str = "clean") -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, compat: str = "clean", lr: float | None = None, encoder_lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups: decayed weights, and undecayed norms/biases/embeddings/scalars.
+
+    With ``encoder_lr_scale != 1`` the image encoder's parameters (``encoder.*``) get their own
+    groups at ``lr × encoder_lr_scale``: a pretrained encoder fine-tuned gently while the new
+    heads learn at the full rate.
 
     ``clean``: no decay for 0-/1-D tensors (norms, biases, PReLU, α, λ) and position/class
     embeddings. ``reference``: the reference code's rule (no decay only for 1-D tensors and
     ``.bias``), which decays ``pos_embed``, ``cls_token``, the scalar α and λ.
     """
-    decay, no_decay = [], []
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -34,12 +38,17 @@ def param_groups(model: nn.Module, weight_decay: float, compat: str = "clean") -
             skip = (p.ndim == 1 or name.endswith(".bias")) and not name.endswith("lambda_")
         else:
             skip = p.ndim <= 1 or name.endswith(".bias") or any(e in name.split(".")[-1] for e in _EMBEDDING_NAMES)
-        (no_decay if skip else decay).append(p)
+        scaled = encoder_lr_scale != 1.0 and name.startswith("encoder.")
+        buckets.setdefault((skip, scaled), []).append(p)
     groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    for skip, scaled in ((False, False), (True, False), (False, True), (True, True)):
+        if (skip, scaled) in buckets:
+            group = {"params": buckets[skip, scaled], "weight_decay": 0.0 if skip else weight_decay}
+            if scaled:
+                if lr is None:
+                    raise ValueError("param_groups: encoder_lr_scale needs the base lr")
+                group["lr"] = lr * encoder_lr_scale
+            groups.append(group)
     return groups
 
 
@@ -48,7 +57,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, compat: str = "clean", f
     if fused is not None:
         kwargs["fused"] = fused
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay, compat), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs
+        param_groups(model, cfg.weight_decay, compat, cfg.lr, cfg.encoder_lr_scale), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs
     )
 
 

@@ -30,7 +30,11 @@ def load_trained(checkpoint: str | Path, device: torch.device | None = None):
 
     state = load_checkpoint(checkpoint)
     cfg = build_config(state["config"], f"checkpoint {checkpoint}")
-    model = build_model(cfg.model)
+    # The checkpoint holds every trained encoder weight: the pretrained file is not needed (and a
+    # built-in one would be built for nothing on a machine that only predicts).
+    model_cfg = cfg.model.model_copy(deep=True)
+    model_cfg.backbone.pretrained = None
+    model = build_model(model_cfg)
     model.load_trainable_state_dict(state["model"])
     device = device or torch.device("cpu")
     model.to(device).eval()

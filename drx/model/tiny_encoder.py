@@ -1,0 +1,169 @@
+"""``model.backbone.pretrained`` resolution, and ``builtin:tiny-deit3``: the tiny encoder's pretraining.
+
+The real DR.Experts fine-tunes a DeiT-III that has seen ImageNet; the tiny preset's encoder would
+otherwise start from random weights and meet only the 13-14 scenes of one embedded training split,
+which it memorises (docs/performance.md: train SRCC 0.82, test 0.41 on split 0). So drx pretrains
+it once on other real photographs (drx/data/photos.py: 21 photographs from PyPI wheels, none in the
+embedded benchmark), each distorted by the benchmark's public distortion families at every level:
+the encoder plus a linear head regress the mean SSIM of each 64-px crop against the same crop of the
+undistorted photograph (full-reference pseudo-labels, as synthetic pretraining in BIQA does). The
+head is discarded; the encoder is saved in the official DeiT-III key layout and loaded through the
+same strict loader as ``deit_3_small_384_1k.pth``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drx.config import BackboneConfig
+from drx.data.embedded import LEVELS
+from drx.errors import ConfigError
+from drx.builtin import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores
+from drx.paths import build_progress
+
+TINY_DEIT3 = "tiny-deit3"
+VERSION = 1
+
+# The tiny preset's encoder: DeiT-III blocks at width 128, depth 4, 8-px patches on 64-px crops.
+TINY_ENCODER_NAME = "deit3_small_patch16_384"
+TINY_ENCODER_KWARGS: dict[str, Any] = {"embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 8}
+TINY_IMG_SIZE = 64
+
+DRAWS = 2 * LEVELS  # distorted copies per (photograph, family): two per level
+STEPS = 1200
+BATCH = 64
+LR = 1e-3
+SEED = 20261127
+
+
+def resolve_backbone_checkpoint(cfg: BackboneConfig, img_size: int) -> Path | None:
+    """The file to load for ``model.backbone.pretrained`` (building a built-in one on first use)."""
+    ref = cfg.pretrained
+    if not ref:
+        return None
+    if builtin_name(ref, "model.backbone.pretrained", [TINY_DEIT3]) is None:
+        return Path(ref).expanduser()
+    if cfg.name != TINY_ENCODER_NAME or dict(cfg.kwargs) != TINY_ENCODER_KWARGS or img_size != TINY_IMG_SIZE:
+        raise ConfigError(
+            f"model.backbone.pretrained {ref!r} is the tiny preset's encoder: it needs model.backbone.name "
+            f"{TINY_ENCODER_NAME}, model.backbone.kwargs {TINY_ENCODER_KWARGS} and model.img_size {TINY_IMG_SIZE} "
+            f"(got {cfg.name}, {dict(cfg.kwargs)}, {img_size})"
+        )
+    return ensure_tiny_encoder()
+
+
+def ensure_tiny_encoder(path: Path | None = None, log: Callable[[str], None] = build_progress) -> Path:
+    """The pretrained tiny encoder's file, built once."""
+    return ensure_built(path or builtin_path(TINY_DEIT3, VERSION), lambda p: build_tiny_encoder(p, log=log))
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def _one_sample(args: tuple[np.ndarray, str, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(pristine uint8 HxWx3, family, level, seed) -> (distorted uint8 HxWx3, SSIM map float32 HxW)."""
+    from drx.data.embedded import FAMILIES, ssim_with_map
+
+    reference, family, level, seed = args
+    rng = np.random.default_rng(seed)
+    distorted = np.round(FAMILIES[family].apply(reference.astype(np.float32) / 255.0, level, rng) * 255.0).astype(np.uint8)
+    return distorted, ssim_with_map(distorted, reference)[1].astype(np.float32)
+
+
+def pretraining_set(photos: dict[str, np.ndarray], draws: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every photograph x family x `draws` (levels cycled 1..L) -> [(distorted, SSIM map)], each
+    seeded by its position (deterministic), generated on every core."""
+    from drx.data.embedded import FAMILIES
+
+    jobs = []
+    for p, (name, image) in enumerate(photos.items()):
+        for f, (family, spec) in enumerate(FAMILIES.items()):
+            for d in range(draws):
+                jobs.append((image, family, d % spec.levels + 1, seed + 1_000_003 * p + 1_009 * f + d))
+    return map_on_cores(_one_sample, jobs)
+
+
+def crop_batches(samples: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, batch: int, crop: int):
+    """Endless (x [B,3,crop,crop] normalised, y [B] mean SSIM of each crop) with random flips."""
+    from drx.model.drexperts import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    while True:
+        crops, labels = [], []
+        for i in rng.integers(0, len(samples), batch):
+            image, ssim_map = samples[i]
+            top = int(rng.integers(0, image.shape[0] - crop + 1))
+            left = int(rng.integers(0, image.shape[1] - crop + 1))
+            c = image[top : top + crop, left : left + crop]
+            crops.append(c[:, ::-1] if rng.random() < 0.5 else c)
+            labels.append(float(ssim_map[top : top + crop, left : left + crop].mean()))
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float() / 255.0
+        yield (x - mean) / std, torch.tensor(labels, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def build_tiny_encoder(
+    path: Path, log: Callable[[str], None] = build_progress, steps: int = STEPS, draws: int = DRAWS,
+    photos: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Pretrain the tiny encoder and save it (official DeiT-III layout) to `path`; returns its record.
+
+    `photos` (name -> uint8 HxWx3) defaults to drx/data/photos.py's set (fetched on first use).
+    """
+    from scipy import stats
+
+    from drx.data.photos import load_photos
+    from drx.model.backbone import ImageEncoder
+    from drx.model.weights import deit3_official_state_dict
+
+    t0 = time.perf_counter()
+    log(f"pretraining the tiny image encoder (once; cached at {path}) ...")
+    photos = photos if photos is not None else load_photos(log)
+    samples = pretraining_set(photos, draws, SEED)
+    # Fresh distortion draws of the same photographs, one per level: how well the regression fits.
+    held_out = pretraining_set(photos, LEVELS, SEED + 7)
+    t_data = time.perf_counter() - t0
+
+    torch.manual_seed(SEED)
+    encoder = ImageEncoder(BackboneConfig(name=TINY_ENCODER_NAME, kwargs=TINY_ENCODER_KWARGS), TINY_IMG_SIZE)
+    head = nn.Linear(encoder.embed_dim, 1)
+    encoder.train()
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.smooth_l1_loss(head(encoder(x)[:, 0]).squeeze(1), y)
+
+    batches = crop_batches(samples, np.random.default_rng(SEED), BATCH, TINY_IMG_SIZE)
+    fit_one_cycle([*encoder.parameters(), *head.parameters()], loss_of, batches, steps, LR, log, "tiny encoder")
+    encoder.eval()
+    with torch.no_grad():
+        x, y = next(crop_batches(held_out, np.random.default_rng(SEED + 8), 512, TINY_IMG_SIZE))
+        pred = head(encoder(x)[:, 0]).squeeze(1)
+    srcc = float(stats.spearmanr(pred.numpy(), y.numpy())[0])
+    record = {
+        "version": VERSION,
+        "photographs": list(photos),
+        "samples": len(samples),
+        "steps": steps,
+        "batch": BATCH,
+        "held_out_crop_srcc": round(srcc, 4),
+        "data_s": round(t_data, 1),
+        "build_s": round(time.perf_counter() - t0, 1),
+    }
+    from drx.train.checkpoint import atomic_save
+
+    atomic_save(deit3_official_state_dict(encoder.vit), path)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    log(f"tiny encoder ready: SRCC {srcc:.2f} on held-out distorted crops, {record['build_s']} s")
+    return record
