@@ -136,7 +136,7 @@ def test_the_pinned_photographs_are_fetched_and_none_is_an_embedded_scene():
     from drx.data.embedded import SCENES, pristine
 
     photos = photos_mod.load_photos(log=lambda m: None)
-    assert list(photos) == [p.name for p in photos_mod.PHOTOS] and len(photos) == 21
+    assert list(photos) == [p.name for p in photos_mod.PHOTOS] and len(photos) == 18
     scenes = [pristine(s) for s in SCENES]
     for name, photo in photos.items():
         assert photo.dtype == np.uint8 and min(photo.shape[:2]) == 256 and max(photo.shape[:2]) <= 384

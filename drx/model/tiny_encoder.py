@@ -3,7 +3,7 @@
 The real DR.Experts fine-tunes a DeiT-III that has seen ImageNet; the tiny preset's encoder would
 otherwise start from random weights and meet only the 13-14 scenes of one embedded training split,
 which it memorises (docs/performance.md: train SRCC 0.82, test 0.41 on split 0). So drx pretrains
-it once on other real photographs (drx/data/photos.py: 21 photographs from PyPI wheels, none in the
+it once on other real photographs (drx/data/photos.py: 18 photographs from PyPI wheels, none in the
 embedded benchmark), each distorted by the benchmark's public distortion families at every level:
 the encoder plus a linear head regress the mean SSIM of each 64-px crop against the same crop of the
 undistorted photograph (full-reference pseudo-labels, as synthetic pretraining in BIQA does). The
