@@ -17,10 +17,16 @@ def test_tiny_preset_learns_from_near_zero():
     cfg = load_config("tiny", ["data.split.index=2"])
     torch.manual_seed(cfg.train.seed)
     data = build_trial_data(cfg)
-    untrained = build_model(cfg.model)
-    score, mos = predict_dataset(untrained, data.test, 144, torch.device("cpu"), None)
-    before = stats.spearmanr(score, mos).statistic
-    assert abs(before) < 0.3 or np.isnan(before)
+
+    def test_srcc(model) -> float:
+        score, mos = predict_dataset(model, data.test, 144, torch.device("cpu"), None)
+        return stats.spearmanr(score, mos).statistic
+
+    random_weights = test_srcc(build_model(cfg.model.model_copy(update={"backbone": cfg.model.backbone.model_copy(update={"pretrained": None})})))
+    assert abs(random_weights) < 0.3 or np.isnan(random_weights)
+    # The pretrained encoder under untrained heads already ranks a little (measured 0.29): a random
+    # readout of features that know distortions. Fine-tuning on the split must add a lot to it.
+    before = test_srcc(build_model(cfg.model))
     result = run_trial(cfg, progress=False)
     assert result.status == "ok"
     # Measured 0.76 on this machine (docs/performance.md); the margin absorbs thread-count rounding.
