@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drx.builtin import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores
 from drx.config import BackboneConfig
 from drx.data.embedded import LEVELS
 from drx.errors import ConfigError
-from drx.builtin import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores
 from drx.paths import build_progress
 
 TINY_DEIT3 = "tiny-deit3"

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drx.builtin import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores
 from drx.config import PriorConfig
 from drx.errors import ConfigError
-from drx.builtin import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores
 from drx.paths import build_progress
 
 TINY_DACLIP = "tiny-daclip"

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drx.errors import ConfigError
 from drx.builtin import BUILTIN_PREFIX
+from drx.errors import ConfigError
 
 
 def _say(text: str) -> None:
