@@ -24,11 +24,11 @@ def test_tiny_preset_learns_from_near_zero():
 
     random_weights = test_srcc(build_model(load_config("tiny", ["data.split.index=2", "model.backbone.pretrained=null"]).model))
     assert abs(random_weights) < 0.3 or np.isnan(random_weights)
-    # The pretrained encoder under untrained heads already ranks a little (measured 0.29): a random
+    # The pretrained encoder under untrained heads already ranks a little (measured 0.14): a random
     # readout of features that know distortions. Fine-tuning on the split must add a lot to it.
     before = test_srcc(build_model(cfg.model))
     result = run_trial(cfg, progress=False)
     assert result.status == "ok"
-    # Measured 0.76 on this machine (docs/performance.md); the margin absorbs thread-count rounding.
+    # Measured 0.72 on this machine (docs/performance.md); the margin absorbs thread-count rounding.
     assert result.final["test_srcc"] >= 0.65
     assert result.final["test_srcc"] > before + 0.3

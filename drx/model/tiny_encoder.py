@@ -3,8 +3,8 @@
 The real DR.Experts fine-tunes a DeiT-III that has seen ImageNet; the tiny preset's encoder would
 otherwise start from random weights and meet only the 13-14 scenes of one embedded training split,
 which it memorises (docs/performance.md: train SRCC 0.82, test 0.41 on split 0). So drx pretrains
-it once on other real photographs (drx/data/photos.py: 18 photographs from PyPI wheels, none in the
-embedded benchmark), each distorted by the benchmark's public distortion families at every level:
+it once on other real photographs (drx/data/photos.py: 108 photographs from files on PyPI, none in
+the embedded benchmark), each distorted by the benchmark's public distortion families at every level:
 the encoder plus a linear head regress the mean SSIM of each 64-px crop against the same crop of the
 undistorted photograph (full-reference pseudo-labels, as synthetic pretraining in BIQA does). The
 head is discarded; the encoder is saved in the official DeiT-III key layout and loaded through the
@@ -30,14 +30,14 @@ from drx.errors import ConfigError
 from drx.paths import build_progress
 
 TINY_DEIT3 = "tiny-deit3"
-VERSION = 1
+VERSION = 2
 
 # The tiny preset's encoder: DeiT-III blocks at width 128, depth 4, 8-px patches on 64-px crops.
 TINY_ENCODER_NAME = "deit3_small_patch16_384"
 TINY_ENCODER_KWARGS: dict[str, Any] = {"embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 8}
 TINY_IMG_SIZE = 64
 
-DRAWS = 2 * LEVELS  # distorted copies per (photograph, family): two per level
+DRAWS = LEVELS  # distorted copies per (photograph, family): one per level
 STEPS = 1200
 BATCH = 64
 LR = 1e-3
@@ -69,25 +69,27 @@ def ensure_tiny_encoder(path: Path | None = None, log: Callable[[str], None] = b
 
 
 def _one_sample(args: tuple[np.ndarray, str, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(pristine uint8 HxWx3, family, level, seed) -> (distorted uint8 HxWx3, SSIM map float32 HxW)."""
+    """(pristine uint8 HxWx3, family, level, seed) -> (distorted uint8 HxWx3, SSIM map float16 HxW)."""
     from drx.data.embedded import FAMILIES, ssim_with_map
 
     reference, family, level, seed = args
     rng = np.random.default_rng(seed)
     distorted = np.round(FAMILIES[family].apply(reference.astype(np.float32) / 255.0, level, rng) * 255.0).astype(np.uint8)
-    return distorted, ssim_with_map(distorted, reference)[1].astype(np.float32)
+    # float16 halves the memory of ~4,000 maps; a crop's label is the mean of 4,096 of them.
+    return distorted, ssim_with_map(distorted, reference)[1].astype(np.float16)
 
 
 def pretraining_set(photos: dict[str, np.ndarray], draws: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every photograph x family x `draws` (levels cycled 1..L) -> [(distorted, SSIM map)], each
-    seeded by its position (deterministic), generated on every core."""
+    """Every photograph x family x `draws` -> [(distorted, SSIM map)], each seeded by its position
+    (deterministic), generated on every core. Levels cycle 1..L over the draws, starting one level
+    further for each photograph and family, so any `draws` (even 1) spreads over all levels."""
     from drx.data.embedded import FAMILIES
 
     jobs = []
     for p, image in enumerate(photos.values()):
         for f, (family, spec) in enumerate(FAMILIES.items()):
             for d in range(draws):
-                jobs.append((image, family, d % spec.levels + 1, seed + 1_000_003 * p + 1_009 * f + d))
+                jobs.append((image, family, (d + p + f) % spec.levels + 1, seed + 1_000_003 * p + 1_009 * f + d))
     return map_on_cores(_one_sample, jobs)
 
 
@@ -105,7 +107,7 @@ def crop_batches(samples: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Ge
             left = int(rng.integers(0, image.shape[1] - crop + 1))
             c = image[top : top + crop, left : left + crop]
             crops.append(c[:, ::-1] if rng.random() < 0.5 else c)
-            labels.append(float(ssim_map[top : top + crop, left : left + crop].mean()))
+            labels.append(float(ssim_map[top : top + crop, left : left + crop].mean(dtype=np.float32)))
         x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float() / 255.0
         yield (x - mean) / std, torch.tensor(labels, dtype=torch.float32)
 
@@ -131,8 +133,9 @@ def build_tiny_encoder(
     log(f"pretraining the tiny image encoder (once; cached at {path}) ...")
     photos = photos if photos is not None else load_photos(log)
     samples = pretraining_set(photos, draws, SEED)
-    # Fresh distortion draws of the same photographs, one per level: how well the regression fits.
-    held_out = pretraining_set(photos, LEVELS, SEED + 7)
+    # Fresh distortion draws of the same photographs, one per (photograph, family): how well the
+    # regression fits.
+    held_out = pretraining_set(photos, 1, SEED + 7)
     t_data = time.perf_counter() - t0
 
     torch.manual_seed(SEED)
