@@ -52,9 +52,9 @@ def _sha(data: bytes) -> str:
 
 def test_decode_checks_the_pinned_sha256():
     data = _png_bytes(0)
-    arr = decode_photo(Photo("x", "pkg-1.0-py3-none-any.whl", "pkg/x.png", _sha(data)), data)
+    arr = decode_photo(Photo("x", "pkg-1.0-py3-none-any.whl", "pkg/x.png", _sha(data), "noise"), data)
     assert arr.shape == (200, 300, 3) and arr.dtype == np.uint8
-    bad = Photo("x", "pkg-1.0-py3-none-any.whl", "pkg/x.png", "0" * 64)
+    bad = Photo("x", "pkg-1.0-py3-none-any.whl", "pkg/x.png", "0" * 64, "noise")
     with pytest.raises(DataError, match=r"pkg-1\.0-py3-none-any\.whl:pkg/x\.png: SHA-256 .* does not match"):
         decode_photo(bad, data)
 
@@ -63,7 +63,7 @@ def test_greyscale_npz_photos_become_rgb():
     buf = io.BytesIO()
     np.savez(buf, data=np.arange(64 * 80, dtype=np.uint8).reshape(64, 80))
     data = buf.getvalue()
-    arr = decode_photo(Photo("g", "pkg-1.0-py3-none-any.whl", "pkg/g.npz", _sha(data)), data)
+    arr = decode_photo(Photo("g", "pkg-1.0-py3-none-any.whl", "pkg/g.npz", _sha(data), "a ramp"), data)
     assert arr.shape == (64, 80, 3) and (arr[..., 0] == arr[..., 2]).all()
 
 
@@ -74,10 +74,15 @@ def test_the_photo_table_names_every_archive_once_and_bad_tables_are_refused():
     assert len({p.sha256 for p in photos_mod.PHOTOS}) == len(photos_mod.PHOTOS)
     assert all(a.url.endswith("/" + a.filename) for a in photos_mod.ARCHIVES.values())
     with pytest.raises(DataError, match=r"t\.tsv: expected the columns \['name', 'archive'"):
-        read_photo_table("name\tfile\n", "t.tsv")
+        read_photo_table("name\tfile\n", {}, "t.tsv")
+    header = "# note\nname\tarchive\tmember\tsha256\tshows\n"
     row = "a\tx.whl\tm.png\t" + "0" * 64 + "\tsomething"
+    archives = {"x.whl": Archive("x.whl", "https://example.invalid/x.whl", "0" * 64, 1)}
     with pytest.raises(DataError, match=r"t\.tsv: names repeat: \['a'\]"):
-        read_photo_table("# note\nname\tarchive\tmember\tsha256\tshows\n" + row + "\n" + row + "\n", "t.tsv")
+        read_photo_table(header + row + "\n" + row + "\n", archives, "t.tsv")
+    assert [p.name for p in read_photo_table(header + row + "\n", archives, "t.tsv")] == ["a"]
+    with pytest.raises(DataError, match=r"t\.tsv: archive 'x\.whl' is not in pretrain_archives\.tsv"):
+        read_photo_table(header + row + "\n", {}, "t.tsv")
 
 
 def test_a_failed_download_names_the_file_the_url_and_the_offline_folder(tmp_path):
@@ -101,9 +106,9 @@ def test_photos_come_from_preplaced_archives_and_a_changed_file_is_refused(monke
     a, b, c = _png_bytes(1), _png_bytes(2), _png_bytes(3)
     wheel_name, sdist_name = "fakepkg-2.0-py3-none-any.whl", "fakesrc-1.0.tar.gz"
     fake = (
-        Photo("one", wheel_name, "fakepkg/one.png", _sha(a)),
-        Photo("two", wheel_name, "fakepkg/two.png", _sha(b)),
-        Photo("three", sdist_name, "fakesrc-1.0/tests/three.png", _sha(c)),
+        Photo("one", wheel_name, "fakepkg/one.png", _sha(a), "noise"),
+        Photo("two", wheel_name, "fakepkg/two.png", _sha(b), "noise"),
+        Photo("three", sdist_name, "fakesrc-1.0/tests/three.png", _sha(c), "noise"),
     )
     monkeypatch.setattr(photos_mod, "PHOTOS", fake)
     monkeypatch.setattr(photos_mod, "VERSION", 999)  # a private folder in the session cache

