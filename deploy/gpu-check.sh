@@ -1,13 +1,14 @@
 #!/bin/bash
 # The GPU checks behind docs/performance.md, run on a lent GPU machine whose Python lacks drx's
 # dependencies: they arrive as wheels in .whl/ (Ray trimmed of its Java jar and dashboard build).
-# Writes everything under $OUT.
+# Writes everything under $OUT. DRX_CACHE may point at a carried cache holding the tiny encoder
+# (tiny-deit3-v2.pt and .json): the machine cannot download its photographs.
 set -x
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 python3 -m zipfile -e .whl/ray-2.60.0-trimmed.zip /tmp/site || exit 1
 chmod -R +x /tmp/site/ray/core  # zipfile drops the executable bits of Ray's gcs_server and raylet
-export PYTHONPATH=/tmp/site:$PWD DRX_CACHE=/tmp/drxcache PATH=/tmp/site/bin:$PATH
+export PYTHONPATH=/tmp/site:$PWD DRX_CACHE=${DRX_CACHE:-/tmp/drxcache} PATH=/tmp/site/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch,timm,open_clip,ray,optuna;print(torch.__version__,timm.__version__,open_clip.__version__,ray.__version__,optuna.__version__)" | tee -a "$OUT/gpu.txt"
 B="python3 -m drx.cli bench model --preset paper --device cuda --precision bf16 --warmup 5 --steps 30"
