@@ -15,7 +15,9 @@ from PIL import Image
 
 from drx.config import load_config
 from drx.data import photos as photos_mod
-from drx.data.photos import Archive, Photo, archive_dir, decode_photo, download_archive, ensure_photos, read_members, read_photo_table
+from drx.data.photos import (
+    Archive, Photo, archive_dir, decode_photo, download_archive, ensure_photos, read_archive_table, read_members, read_photo_table,
+)
 from drx.errors import ConfigError, DataError
 from drx.model import build_model
 from drx.model.tiny_encoder import build_tiny_encoder, resolve_backbone_checkpoint
@@ -83,6 +85,12 @@ def test_the_photo_table_names_every_archive_once_and_bad_tables_are_refused():
     assert [p.name for p in read_photo_table(header + row + "\n", archives, "t.tsv")] == ["a"]
     with pytest.raises(DataError, match=r"t\.tsv: archive 'x\.whl' is not in pretrain_archives\.tsv"):
         read_photo_table(header + row + "\n", {}, "t.tsv")
+    with pytest.raises(DataError, match=r"t\.tsv: the row 'a' has an empty 'shows'"):
+        read_photo_table(header + row.rsplit("\t", 1)[0] + "\n", archives, "t.tsv")
+    with pytest.raises(DataError, match=r"t\.tsv: the row 'a' has 6 fields, not 5"):
+        read_photo_table(header + row + "\textra\n", archives, "t.tsv")
+    with pytest.raises(DataError, match=r"a\.tsv: the size of 'x\.whl' is not a whole number of bytes"):
+        read_archive_table("filename\turl\tsha256\tsize\nx.whl\tab/x.whl\t" + "0" * 64 + "\t12MB\n", "a.tsv")
 
 
 def test_a_failed_download_names_the_file_the_url_and_the_offline_folder(tmp_path):

@@ -57,9 +57,16 @@ PHOTO_TABLE = "pretrain_photos.tsv"
 def read_table(text: str, columns: list[str], source: str) -> list[dict[str, str]]:
     """Rows of a tab-separated table with ``#`` comment lines and a header row naming `columns`."""
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    rows = list(csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows or list(rows[0]) != columns:
+    reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = list(reader)
+    if not rows or reader.fieldnames != columns:
         raise DataError(f"{source}: expected the columns {columns}")
+    for row in rows:
+        # DictReader fills a short row with None and puts extra fields under None: both are errors.
+        empty = [c for c in columns if not row.get(c)]
+        if None in row or empty:
+            what = f"an empty {empty[0]!r}" if empty else f"{len(columns) + len(row[None])} fields, not {len(columns)}"
+            raise DataError(f"{source}: the row {row[columns[0]]!r} has {what}")
     keys = [row[columns[0]] for row in rows]
     if len(set(keys)) != len(keys):
         raise DataError(f"{source}: {columns[0]}s repeat: {sorted({k for k in keys if keys.count(k) > 1})}")
@@ -69,6 +76,9 @@ def read_table(text: str, columns: list[str], source: str) -> list[dict[str, str
 def read_archive_table(text: str, source: str = ARCHIVE_TABLE) -> dict[str, Archive]:
     """Parse the archive table: filename -> :class:`Archive` (url completed under PYPI_FILES)."""
     rows = read_table(text, ["filename", "url", "sha256", "size"], source)
+    bad = [r["filename"] for r in rows if not r["size"].isdigit()]
+    if bad:
+        raise DataError(f"{source}: the size of {bad[0]!r} is not a whole number of bytes")
     return {r["filename"]: Archive(r["filename"], PYPI_FILES + r["url"], r["sha256"], int(r["size"])) for r in rows}
 
 
