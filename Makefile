@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drx-installed
+# A new .venv takes 6.6 GiB (torch 2.14.1 with its CUDA libraries is 5.6 GiB of it); check first,
+# so a full disk is one clear line rather than pip's OSError halfway through.
+VENV_GIB ?= 8
 
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+		free >= $(VENV_GIB) or sys.exit(f'make: a new $(VENV) needs about $(VENV_GIB) GiB free; the disk of $(CURDIR) has {free:.1f} GiB')"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,39 @@ def write_spec(path: Path, **fields) -> Path:
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_scratch_folders_of_ended_trials_are_removed_and_live_or_foreign_ones_kept(tmp_path, monkeypatch):
+    from drx.search.scratch import _start_time, make_trial_scratch, remove_orphaned_scratch
+
+    monkeypatch.setenv("DRX_SCRATCH", str(tmp_path))
+    mine = make_trial_scratch("full-embedded-s0/odd name")
+    assert mine.parent == tmp_path and mine.name.startswith("full-embedded-s0_odd_name-")
+    host = socket.gethostname()
+
+    def folder(name: str, owner: str | None) -> Path:
+        (tmp_path / name).mkdir()
+        if owner is not None:
+            (tmp_path / name / "owner").write_text(owner)
+        return tmp_path / name
+
+    dead = folder("dead", f"{host}\n{dead_pid()}\n\n")
+    # A live pid whose start time differs is a reused pid: its trial has ended.
+    reused = folder("reused", f"{host}\n{os.getpid()}\n{int(_start_time(os.getpid()) or 0) + 1}\n")
+    foreign = folder("foreign", f"another-host\n{dead_pid()}\n\n")
+    creating = folder("creating", None)
+    garbled = folder("garbled", "not an owner record")
+    removed = remove_orphaned_scratch()
+    assert sorted(removed) == sorted([dead, reused] if _start_time(os.getpid()) else [dead])
+    for kept in (mine, foreign, creating, garbled):
+        assert kept.is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +153,9 @@ def test_a_diverging_trial_is_recorded_with_its_reason_and_not_retried(grid_expe
 
 
 @pytest.mark.slow
-def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_path):
+def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("DRX_SCRATCH", str(scratch))  # inherited by the driver below and by Ray's workers
     spec = write_spec(tmp_path / "kill.yaml", name="kill", overrides={**FAST, "train.epochs": 2})
     storage = tmp_path / "exp"
     cmd = [sys.executable, "-m", "drx.cli", "ablate", str(spec), "--storage", str(storage), "--max-concurrent", "1"]
@@ -145,9 +181,17 @@ def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_p
     # file cut short (seen here). Simulate that worst case: drx must still lose no finished trial.
     for state in run_dir.glob("experiment_state-*.json"):
         state.write_text(state.read_text()[:20])
+    # The killed trial's scratch folder may or may not exist (it depends on when the kill came);
+    # one of a dead process certainly does.
+    orphan = scratch / "orphan-trial-x"
+    orphan.mkdir(parents=True)
+    (orphan / "checkpoint.pt").write_bytes(b"0" * 1000)
+    (orphan / "owner").write_text(f"{socket.gethostname()}\n{dead_pid()}\n\n")
     rc = drx_main(["ablate", str(spec), "--storage", str(storage), "--max-concurrent", "1"])
     assert rc == 0
     assert (storage / "kill" / "trials-r2").is_dir()
+    # Every scratch folder is gone: the rerun's own trials removed theirs, the dead ones were swept.
+    assert sorted(p.name for p in scratch.iterdir()) == []
     from drx.report.results import read_experiment
 
     exp = read_experiment(storage / "kill")

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from drx.config import build_config
 from drx.errors import ConfigError
+from drx.search.scratch import make_trial_scratch, remove_orphaned_scratch
 
 # Testing hook (documented in docs/search.md): "GLOB:EPOCH" makes the trial whose name matches GLOB
 # raise once, right after reporting EPOCH, to exercise retries from the last checkpoint.
@@ -46,7 +46,8 @@ def _trial_body(cfg_dict: dict[str, Any], trial_name: str, fallback_resume: str 
 
     cfg = build_config(cfg_dict, trial_name)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
-    work = Path(tempfile.mkdtemp(prefix="drx-trial-"))
+    remove_orphaned_scratch()  # left by trials killed earlier on this node
+    work = make_trial_scratch(trial_name)
     out = work / "out"
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -137,8 +138,10 @@ def start_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | 
 
 
 def stop_ray() -> None:
+    """Shut the local Ray down, then remove the scratch folders of trials it killed on this node."""
     if ray.is_initialized():
         ray.shutdown()
+    remove_orphaned_scratch()
 
 
 def alive_nodes() -> int:
