@@ -65,7 +65,8 @@ def remove_orphaned_scratch(root: Path | None = None) -> list[Path]:
     """
     root = scratch_root() if root is None else root
     removed: list[Path] = []
-    if not root.is_dir():
+    # On Windows os.kill(pid, 0) terminates the process rather than probing it: never sweep there.
+    if os.name == "nt" or not root.is_dir():
         return removed
     host = socket.gethostname()
     for work in sorted(p for p in root.iterdir() if p.is_dir()):
