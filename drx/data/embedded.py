@@ -42,8 +42,8 @@ MIN_SIZE = 64
 
 
 def stable_seed(*parts: object) -> int:
-    """64-bit seed from sha256 of the parts (same in every process; no torch import needed in the
-    build's worker processes, unlike drx.data.transforms)."""
+    """64-bit seed from sha256 of the parts (the same in every process, unlike hash()). Lives here,
+    torch-free, for the build's worker processes; drx.data.transforms uses it too."""
     text = ":".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 

@@ -151,14 +151,14 @@ def download_archive(archive: Archive, dest: Path, urlopen: Callable = urllib.re
 
 
 def read_members(path: Path, members: set[str]) -> dict[str, bytes]:
-    """The bytes of `members` from a wheel/zip or a .tar.gz (read in one pass)."""
+    """The bytes of `members` from a wheel/zip or a compressed tar (read in one pass)."""
     found: dict[str, bytes] = {}
     if path.name.endswith((".whl", ".zip")):
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
             found = {m: zf.read(m) for m in members if m in names}
     else:
-        with tarfile.open(path, "r|gz") as tf:
+        with tarfile.open(path, "r|*") as tf:  # any compression tarfile knows, detected
             for info in tf:
                 if info.name in members and info.isfile():
                     found[info.name] = tf.extractfile(info).read()

@@ -6,7 +6,6 @@ Nothing here substitutes data: an unreadable file or an image smaller than the c
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from drx.config import ResizeConfig
+from drx.data.embedded import stable_seed
 from drx.errors import DataError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -93,12 +93,6 @@ def check_fits(image_id: str, height: int, width: int, crop_size: int, path: str
             f"image {image_id!r}{where} is {width}x{height} (WxH) after resizing, smaller than the "
             f"{crop_size}x{crop_size} crop; use a smaller crop size or a resize (data.resize) of at least {crop_size}"
         )
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 64-bit seed from a stable hash of the parts (the same in every process, unlike hash())."""
-    text = ":".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
 
 def rng_seed(value: int) -> int:
