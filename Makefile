@@ -23,8 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/drx demo
 
-# The whole test suite (slow end-to-end tests included).
+# The import contracts of the design (layers, independence, no torch in the report), then the
+# whole test suite (slow end-to-end tests included).
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

@@ -16,7 +16,7 @@ $B --batch 32 --impl both --variants full --json "$OUT/bench_full_b32.json" 2>&1
 $B --batch 32 --impl default --no-diff --json "$OUT/bench_variants_b32.json" 2>&1 | tail -8 | tee -a "$OUT/bench.txt"
 $B --batch 32 --impl both --variants full --no-diff --set model.backbone.grad_checkpointing=selective --json "$OUT/bench_full_b32_sac.json" 2>&1 | tail -7 | tee -a "$OUT/bench.txt"
 python3 deploy/gpu_breakdown.py 2>&1 | tail -12 | tee "$OUT/breakdown.txt"
-timeout 300 python3 -m drx.cli ablate ablations/gpu_packing.yaml --storage /tmp/exp --set train.device=cuda --set model.prior.checkpoint=null 2>&1 | grep -v "^ *$" | tail -25 | tee "$OUT/ray.txt"
+timeout 300 python3 -m drx.cli ablate gpu_packing --storage /tmp/exp --set train.device=cuda --set model.prior.checkpoint=null 2>&1 | grep -v "^ *$" | tail -25 | tee "$OUT/ray.txt"
 python3 -m drx.cli report /tmp/exp/gpu_packing --out /tmp/rep --no-html 2>&1 | tail -30 >> "$OUT/ray.txt"
 cp /tmp/rep/results.csv "$OUT/gpu_packing_results.csv" 2>/dev/null
 ls -la "$OUT"

@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from drx.data.benchmarks import BENCHMARKS
+from drx.data.images import ResizeConfig
 from drx.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from drx.io import atomic_write_text
+from drx.schema import StrictModel, model_in, unknown_key_message, validation_message
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -37,17 +42,14 @@ DACLIP_PROMPTS: tuple[str, ...] = (
 
 VARIANTS = ("image_encoder", "prior_only", "dsdm", "full")
 FEATURE_GROUPS = ("dis", "sem", "bri")
-BENCHMARKS = ("koniq", "livec", "spaq", "livefb", "bid", "csv", "embedded")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+# The benchmark registry's names (drx.data.benchmarks); a misspelt one is an error naming the closest.
+BenchmarkName = Literal[BENCHMARKS]  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------------------- model
 
 
-class BackboneConfig(_Strict):
+class BackboneConfig(StrictModel):
     name: str = "deit3_small_patch16_384"
     # Local file: the official DeiT-III checkpoint, a timm state dict or a .safetensors file.
     pretrained: str | None = None
@@ -60,7 +62,7 @@ class BackboneConfig(_Strict):
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class PriorConfig(_Strict):
+class PriorConfig(StrictModel):
     kind: Literal["daclip", "clip", "none"] = "daclip"
     # open_clip architecture name; its JSON config ships inside open_clip_torch (nothing is fetched).
     arch: str = "ViT-B-32"
@@ -86,7 +88,7 @@ class PriorConfig(_Strict):
         return prompts
 
 
-class DSDMConfig(_Strict):
+class DSDMConfig(StrictModel):
     alpha_init: float = 0.5
     lambda_init: float = 0.0
 
@@ -98,7 +100,7 @@ class DSDMConfig(_Strict):
         return v
 
 
-class DDWMConfig(_Strict):
+class DDWMConfig(StrictModel):
     groups: list[Literal["dis", "sem", "bri"]] = Field(default_factory=lambda: list(FEATURE_GROUPS))
     hidden: list[int] = Field(default_factory=lambda: [384, 32, 16])
     # Output layer initialisation. "default": PyTorch's (as the reference code). "uniform": zero
@@ -124,14 +126,22 @@ class DDWMConfig(_Strict):
         return hidden
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     variant: Literal["image_encoder", "prior_only", "dsdm", "full"] = "full"
-    compat: Literal["clean", "reference"] = "clean"
+    # clean: drx's numerics; authors: the authors' code's quirks, to reproduce it exactly (docs/model.md).
+    compat: Literal["clean", "authors"] = "clean"
     img_size: int = Field(384, ge=16)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     prior: PriorConfig = Field(default_factory=PriorConfig)
     dsdm: DSDMConfig = Field(default_factory=DSDMConfig)
     ddwm: DDWMConfig = Field(default_factory=DDWMConfig)
+
+    @field_validator("compat", mode="before")
+    @classmethod
+    def _renamed_compat(cls, value: Any) -> Any:
+        if value == "reference":
+            raise ValueError("model.compat 'reference' was renamed 'authors': write `compat: authors`")
+        return value
 
     @model_validator(mode="after")
     def _check_variant(self) -> "ModelConfig":
@@ -147,7 +157,7 @@ class ModelConfig(_Strict):
 # ------------------------------------------------------------------------------------------ data
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     index: int = Field(0, ge=0)
     n_splits: int = Field(10, ge=1)
     seed: int = 0
@@ -166,27 +176,13 @@ class SplitConfig(_Strict):
         return self
 
 
-class ResizeConfig(_Strict):
-    # shorter: shorter side to `size` (aspect kept); exact: (height, width) as the reference code does.
-    mode: Literal["shorter", "exact"] = "shorter"
-    size: int | tuple[int, int] = 384
-
-    @model_validator(mode="after")
-    def _check(self) -> "ResizeConfig":
-        if self.mode == "shorter" and not isinstance(self.size, int):
-            raise ValueError(f"resize mode 'shorter' takes one integer size, got {self.size}")
-        if self.mode == "exact" and isinstance(self.size, int):
-            self.size = (self.size, self.size)
-        return self
-
-
-class DataConfig(_Strict):
-    benchmark: Literal["koniq", "livec", "spaq", "livefb", "bid", "csv", "embedded"] = "embedded"
+class DataConfig(StrictModel):
+    benchmark: BenchmarkName = "embedded"
     root: str | None = None
     # Adapter options, e.g. koniq {score_column: MOS}; csv {path_column, score_column, group_column}.
     options: dict[str, Any] = Field(default_factory=dict)
     # Cross-dataset: train on `benchmark`, test on every image of `test_benchmark`.
-    test_benchmark: Literal["koniq", "livec", "spaq", "livefb", "bid", "csv", "embedded"] | None = None
+    test_benchmark: BenchmarkName | None = None
     test_root: str | None = None
     test_options: dict[str, Any] = Field(default_factory=dict)
     # Cross-dataset training part: all images of `benchmark`, or the split's training part.
@@ -209,7 +205,7 @@ class DataConfig(_Strict):
 # ----------------------------------------------------------------------------------------- train
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(9, ge=1)
     # Budget by steps, not wall time: a fixed number of optimiser steps per epoch (None: one pass).
     steps_per_epoch: int | None = Field(None, ge=1)
@@ -234,14 +230,23 @@ class TrainConfig(_Strict):
     target_range: tuple[float, float] | None = (0.0, 1.0)
     grad_clip: float | None = Field(5.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # clean: best epoch chosen on the validation part. reference: on the test part, by PLCC,
-    # as the reference code does (test-set selection; tables say so).
-    protocol: Literal["clean", "reference"] = "clean"
+    # Which part selects the best epoch: val, the validation part carved from the training images
+    # (by SRCC); test, the test part by PLCC, as the authors' code does (tables say so).
+    select_on: Literal["val", "test"] = "val"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     # Keep a checkpoint of the weights at the best validation epoch (for `drx predict`).
     keep_best: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "protocol" in data:
+            old = data["protocol"]
+            new = {"clean": "val", "reference": "test"}.get(old, "val or test")
+            raise ValueError(f"train.protocol was renamed train.select_on: write `select_on: {new}` (protocol {old!r})")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -250,12 +255,12 @@ class TrainConfig(_Strict):
         return self
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     cpu: float = Field(1.0, gt=0.0)
     gpu: float = Field(0.0, ge=0.0)
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     name: str = "drx"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -372,38 +377,24 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
     return out
 
 
-def _schema_at(parts: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = ExperimentConfig
-    for p in parts:
-        if model is None:
-            return None
-        field = model.model_fields.get(p)
-        if field is None:
-            return None
-        ann = field.annotation
-        model = _model_in(ann)
-    return model
-
-
-def _model_in(ann: Any) -> type[BaseModel] | None:
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    for a in getattr(ann, "__args__", ()) or ():
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
-    return None
+#: Dotted keys renamed since earlier versions -> (new key, how old values map).
+RENAMED_KEYS = {"train.protocol": ("train.select_on", "clean -> val, reference -> test")}
 
 
 def _check_dotted_key(parts: list[str]) -> None:
+    key = ".".join(parts)
+    if key in RENAMED_KEYS:
+        new, values = RENAMED_KEYS[key]
+        raise ConfigError(f"{key} was renamed {new} ({values})")
     model: type[BaseModel] = ExperimentConfig
     for i, p in enumerate(parts):
         if p not in model.model_fields:
             where = ".".join(parts[:i]) or "<top level>"
-            raise ConfigError(_unknown_key_message(".".join(parts[: i + 1]), None, list(model.model_fields), where))
+            raise ConfigError(unknown_key_message(".".join(parts[: i + 1]), None, list(model.model_fields), where))
         if i == len(parts) - 1:
             return
         ann = model.model_fields[p].annotation
-        nxt = _model_in(ann)
+        nxt = model_in(ann)
         if nxt is None:
             if "dict" in str(ann):
                 return  # a free-form mapping (data.options, backbone.kwargs): any sub-key goes
@@ -411,51 +402,12 @@ def _check_dotted_key(parts: list[str]) -> None:
         model = nxt
 
 
-def _unknown_key_message(key: str, value: Any, valid: list[str], where: str) -> str:
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
-    msg = f"unknown key {key!r}"
-    if value is not None:
-        msg += f" (value {value!r})"
-    msg += f" in {where}"
-    if close:
-        prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        msg += f"; did you mean {prefix + close[0]!r}?"
-    else:
-        msg += f"; valid keys: {', '.join(valid)}"
-    return msg
-
-
-def _format_validation_error(exc: ValidationError, origin: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc) or "<top level>"
-        if err["type"] == "extra_forbidden":
-            schema = _schema_at(loc[:-1])
-            valid = list(schema.model_fields) if schema else []
-            where = ".".join(loc[:-1]) or "<top level>"
-            lines.append(_unknown_key_message(key, err.get("input"), valid, where))
-        else:
-            msg = err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            if err["type"] == "literal_error" and isinstance(err.get("input"), str):
-                allowed = [a.strip(" '") for a in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
-                close = difflib.get_close_matches(err["input"], [a for a in allowed if a], n=1, cutoff=0.5)
-                if close:
-                    msg += f"; did you mean {close[0]!r}?"
-            lines.append(f"{key} = {err.get('input')!r}: {msg}")
-    head = f"invalid config ({origin}):" if origin else "invalid config:"
-    return head + "\n  " + "\n  ".join(lines)
-
-
 def build_config(data: dict[str, Any], origin: str = "") -> ExperimentConfig:
     """Validate a plain dict into an ExperimentConfig, with readable errors."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, origin)) from None
+        raise ConfigError(validation_message(exc, ExperimentConfig, "config", origin)) from None
 
 
 def load_config(
@@ -481,9 +433,4 @@ def load_config(
 
 def save_config(config: ExperimentConfig, path: str | Path) -> Path:
     """Write the fully resolved config; ``load_config(path)`` gives the same config back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

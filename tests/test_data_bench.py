@@ -8,7 +8,7 @@ import json
 import pytest
 
 from data_fixtures import make_csv
-from drx.data import bench
+from drx.bench import data as bench
 from drx.errors import DataError
 
 

@@ -29,8 +29,8 @@ def test_registry_and_unknown_name_suggests():
         B.get_adapter("konik")
     counts = {n: a.expected_count for n, a in B.ADAPTERS.items()}
     assert counts == {"koniq": 10073, "livec": 1162, "spaq": 11125, "livefb": 39810, "bid": 586, "csv": None, "embedded": 648}
-    assert B.reference_resize("koniq") == (512, 384) and B.reference_resize("bid") == (512, 512)
-    assert B.reference_resize("livec") is None
+    assert B.authors_resize("koniq") == (512, 384) and B.authors_resize("bid") == (512, 512)
+    assert B.authors_resize("livec") is None
 
 
 def test_unknown_option_suggests(tmp_path):

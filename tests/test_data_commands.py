@@ -133,14 +133,14 @@ def test_prepare_keeps_the_layout_and_loads_with_the_same_adapter(tmp_path, caps
     assert rc == 0 and "result      usable" in out
 
 
-def test_prepare_compat_reference_sizes(tmp_path, capsys):
+def test_prepare_compat_authors_sizes(tmp_path, capsys):
     make_koniq(tmp_path / "k", n=2, size=(96, 72))
     make_livec(tmp_path / "l", n=2)
-    rc, out, err = run(capsys, "data", "prepare", "koniq", "--root", str(tmp_path / "k"), "--cache", str(tmp_path / "c"), "--compat", "reference")
-    assert rc == 0 and "reference resize 512x384 HxW" in err
+    rc, out, err = run(capsys, "data", "prepare", "koniq", "--root", str(tmp_path / "k"), "--cache", str(tmp_path / "c"), "--compat", "authors")
+    assert rc == 0 and "the authors' resize 512x384 HxW" in err
     for p in (tmp_path / "c" / "koniq" / "1024x768").iterdir():
         assert Image.open(p).size == (384, 512)  # W x H: the reference's portrait squash
-    rc, out, err = run(capsys, "data", "prepare", "livec", "--root", str(tmp_path / "l"), "--cache", str(tmp_path / "c"), "--compat", "reference")
+    rc, out, err = run(capsys, "data", "prepare", "livec", "--root", str(tmp_path / "l"), "--cache", str(tmp_path / "c"), "--compat", "authors")
     assert rc == 0 and "copied unchanged" in err + out and "2 copied unchanged" in out
     assert (tmp_path / "c" / "livec" / "Images" / "11.bmp").read_bytes() == (tmp_path / "l" / "Images" / "11.bmp").read_bytes()
 

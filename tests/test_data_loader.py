@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from data_fixtures import garble, make_csv, truncate, write_image
-from drx.config import ResizeConfig
+from drx.data import images
 from drx.data import transforms as T
 from drx.data.benchmarks import load_manifest
+from drx.data.images import ResizeConfig
 from drx.data.loader import EpochSampler, EvalCrops, TrainCrops, average_per_image, make_eval_loader, make_train_loader
 from drx.errors import DataError
 
@@ -30,26 +32,26 @@ def manifest(tmp_path, monkeypatch):
 
 def test_load_image_errors_name_the_path(tmp_path):
     with pytest.raises(DataError, match=f"{tmp_path / 'no.jpg'}: image file not found"):
-        T.load_image(tmp_path / "no.jpg")
+        images.load_image(tmp_path / "no.jpg")
     p = garble(write_image(tmp_path / "g.png"))
     with pytest.raises(DataError, match=f"{p}: not a readable image"):
-        T.load_image(p)
+        images.load_image(p)
     p = truncate(write_image(tmp_path / "t.jpg", (128, 96)), 0.4)
     with pytest.raises(DataError, match=f"{p}: unreadable image"):
-        T.load_image(p)
+        images.load_image(p)
     grey = tmp_path / "grey.png"
     Image.fromarray(np.full((10, 12), 7, np.uint8), "L").save(grey)
-    img = T.load_image(grey)
+    img = images.load_image(grey)
     assert img.mode == "RGB" and img.size == (12, 10)
 
 
 def test_resize_modes():
     img = Image.new("RGB", (200, 100))
-    assert T.resize_image(img, ResizeConfig(mode="shorter", size=50)).size == (100, 50)
-    assert T.resize_image(Image.new("RGB", (100, 300)), ResizeConfig(mode="shorter", size=50)).size == (50, 150)
-    assert T.resize_image(img, ResizeConfig(mode="exact", size=(512, 384))).size == (384, 512)  # (h, w)
-    assert T.resize_image(img, None) is img
-    assert T.resize_image(img, {"mode": "shorter", "size": 100}) is img
+    assert images.resize_image(img, ResizeConfig(mode="shorter", size=50)).size == (100, 50)
+    assert images.resize_image(Image.new("RGB", (100, 300)), ResizeConfig(mode="shorter", size=50)).size == (50, 150)
+    assert images.resize_image(img, ResizeConfig(mode="exact", size=(512, 384))).size == (384, 512)  # (h, w)
+    assert images.resize_image(img, None) is img
+    assert images.resize_image(img, {"mode": "shorter", "size": 100}) is img
 
 
 def test_fixed_crop_positions_use_a_stable_hash():
@@ -73,7 +75,7 @@ def test_image_smaller_than_crop_names_image_and_sizes(manifest):
 
 def test_to_tensor_is_imagenet_normalisation():
     a = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    want = (a.astype(np.float64) / 255 - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD)
+    want = (a.astype(np.float64) / 255 - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)
     got = T.to_tensor(a)
     assert got.shape == (3, 5, 7) and got.dtype == torch.float32 and got.is_contiguous()
     assert np.allclose(got.numpy(), want.transpose(2, 0, 1), atol=1e-6)

@@ -18,10 +18,10 @@ def test_demo_runs_the_grid_and_writes_the_report(tmp_path, capsys):
     rc = drx_main(["demo", "--storage", str(tmp_path / "exp"), "--out", str(out), *sum((["--set", q] for q in quick), [])])
     assert rc == 0
     printed = capsys.readouterr().out
-    # The Table 4/5 layout is printed, every variant a row, full as the reference.
+    # The Table 4/5 layout is printed, every variant a row, full as the baseline.
     for v in VARIANTS:
         assert f"| {v}" in printed
-    assert "full (reference)" in printed and "Embedded SRCC" in printed
+    assert "full (baseline)" in printed and "Embedded SRCC" in printed
     for name in ("report.html", "ablation.md", "ablation.tex", "ablation.csv", "results.parquet", "results.csv"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()

@@ -7,9 +7,11 @@ import pytest
 import torch
 from scipy import stats
 
+from drx.builtin import resolve
 from drx.config import load_config
 from drx.model import build_model
-from drx.train.trainer import build_trial_data, predict_dataset, run_trial
+from drx.train.scoring import score_images
+from drx.train.trainer import build_trial_data, run_trial
 
 
 @pytest.mark.slow
@@ -19,14 +21,14 @@ def test_tiny_preset_learns_from_near_zero():
     data = build_trial_data(cfg)
 
     def test_srcc(model) -> float:
-        score, mos = predict_dataset(model, data.test, 144, torch.device("cpu"), None)
-        return stats.spearmanr(score, mos).statistic
+        scores = score_images(model, data.test, cfg, batch_size=144)
+        return stats.spearmanr(scores.score, scores.mos).statistic
 
-    random_weights = test_srcc(build_model(load_config("tiny", ["data.split.index=2", "model.backbone.pretrained=null"]).model))
+    random_weights = test_srcc(build_model(resolve(load_config("tiny", ["data.split.index=2", "model.backbone.pretrained=null"]).model)))
     assert abs(random_weights) < 0.3 or np.isnan(random_weights)
     # The pretrained encoder under untrained heads already ranks a little (measured 0.14): a random
     # readout of features that know distortions. Fine-tuning on the split must add a lot to it.
-    before = test_srcc(build_model(cfg.model))
+    before = test_srcc(build_model(resolve(cfg.model)))
     result = run_trial(cfg, progress=False)
     assert result.status == "ok"
     # Measured 0.72 on this machine (docs/performance.md); the margin absorbs thread-count rounding.

@@ -10,8 +10,8 @@ import torch
 from drx.config import DACLIP_PROMPTS, FEATURE_GROUPS, load_config
 from drx.errors import ConfigError
 from drx.model import build_model
-from drx.model.perturb import perturb_parameters_
-from drx.model.reference_math import reference_math_forward
+from drx.testing.naive_forward import diff_attention_full, naive_forward
+from drx.testing.perturb import perturb_parameters_
 from tests.conftest import TINY_MODEL
 
 VARIANTS = ["image_encoder", "prior_only", "dsdm", "full"]
@@ -26,7 +26,7 @@ def batch(n=3, size=64, seed=0, dtype=torch.float32):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-@pytest.mark.parametrize("variant,compat", list(itertools.product(VARIANTS, ["clean", "reference"])))
+@pytest.mark.parametrize("variant,compat", list(itertools.product(VARIANTS, ["clean", "authors"])))
 def test_every_variant_and_compat_runs_forward_and_backward(variant, compat):
     torch.manual_seed(0)
     model = build_model(tiny(variant=variant, compat=compat))
@@ -113,7 +113,7 @@ def test_text_features_are_cached_not_recomputed_per_forward(monkeypatch):
     monkeypatch.setattr(model.prior.text, "forward", boom)
     model(batch(2))  # must not touch the text tower
     with pytest.raises(AssertionError):
-        reference_math_forward(model, batch(2))  # the reference recomputes them every forward
+        naive_forward(model, batch(2))  # the naive forward recomputes them every forward
 
 
 KINDS = {"prior_only": ["daclip", "clip"], "dsdm": ["daclip", "clip", "none"], "full": ["daclip", "clip", "none"]}
@@ -121,14 +121,14 @@ KINDS = {"prior_only": ["daclip", "clip"], "dsdm": ["daclip", "clip", "none"], "
 
 @pytest.mark.parametrize(
     "variant,compat,kind",
-    [(v, c, k) for v in KINDS for c in ["clean", "reference"] for k in KINDS[v]],
+    [(v, c, k) for v in KINDS for c in ["clean", "authors"] for k in KINDS[v]],
 )
-def test_default_path_equals_reference_maths_on_perturbed_weights(variant, compat, kind):
+def test_default_path_equals_naive_forward_on_perturbed_weights(variant, compat, kind):
     torch.manual_seed(0)
     cfg = tiny(variant=variant, compat=compat, prior={**TINY_MODEL["prior"], "kind": kind})
     model = perturb_parameters_(build_model(cfg), seed=7)
     x = batch(4, seed=1)
-    fast, ref = model(x), reference_math_forward(model, x)
+    fast, ref = model(x), naive_forward(model, x)
     torch.testing.assert_close(fast.score, ref.score, rtol=1e-5, atol=1e-5)
     if variant == "full":
         torch.testing.assert_close(fast.expert_weights, ref.expert_weights, rtol=1e-5, atol=1e-5)
@@ -137,18 +137,18 @@ def test_default_path_equals_reference_maths_on_perturbed_weights(variant, compa
     if model.prior is not None:
         model.prior.refresh_text_features()  # the cached buffer was computed in float32
     xd = x.double()
-    torch.testing.assert_close(model(xd).score, reference_math_forward(model, xd).score, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model(xd).score, naive_forward(model, xd).score, rtol=1e-10, atol=1e-10)
 
 
 def test_perturbation_matters_for_compat_and_controller():
     """The checks above would be vacuous if compat or the controller taps did not change outputs."""
     torch.manual_seed(0)
     clean = perturb_parameters_(build_model(tiny(variant="full", compat="clean")), seed=7)
-    reference = build_model(tiny(variant="full", compat="reference"))
-    reference.load_state_dict(clean.state_dict())
-    reference.prior.refresh_text_features()
+    authors = build_model(tiny(variant="full", compat="authors"))
+    authors.load_state_dict(clean.state_dict())
+    authors.prior.refresh_text_features()
     x = batch(4, seed=1)
-    assert (clean(x).score - reference(x).score).abs().max() > 1e-3
+    assert (clean(x).score - authors(x).score).abs().max() > 1e-3
     # Zeroing the last controller tap changes the score: the controller path is live.
     before = clean(x).score
     with torch.no_grad():
@@ -157,11 +157,11 @@ def test_perturbation_matters_for_compat_and_controller():
     assert (clean(x).score - before).abs().max() > 1e-4
 
 
-def test_reference_compat_input_is_double_normalised_and_clean_is_not():
+def test_authors_compat_input_is_double_normalised_and_clean_is_not():
     model = build_model(tiny(variant="full"))
     x = batch(2)
     prior = model.prior
-    got = prior.prepare_input(x, model.imagenet_mean, model.imagenet_std, "reference")
+    got = prior.prepare_input(x, model.imagenet_mean, model.imagenet_std, "authors")
     resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(got, (resized - prior.clip_mean) / prior.clip_std)
     clean = prior.prepare_input(x, model.imagenet_mean, model.imagenet_std, "clean")
@@ -170,10 +170,8 @@ def test_reference_compat_input_is_double_normalised_and_clean_is_not():
     torch.testing.assert_close(clean, (want - prior.clip_mean) / prior.clip_std)
 
 
-@pytest.mark.parametrize("compat", ["clean", "reference"])
+@pytest.mark.parametrize("compat", ["clean", "authors"])
 def test_full_attention_maps_on_request_agree_with_token0_path(compat):
-    from drx.model.reference_math import diff_attention_full
-
     model = perturb_parameters_(build_model(tiny(variant="full", compat=compat)), seed=2).double()
     x = batch(2, dtype=torch.float64)
     out = model(x, return_attention=True)
@@ -186,7 +184,7 @@ def test_full_attention_maps_on_request_agree_with_token0_path(compat):
     # Row 0 of the refined map, applied to the values, gives the token-0 refined features.
     tokens = model.encoder(x)
     experts, context = model.expert_and_context(x, tokens)
-    image = model.dsdm.image_views(tokens, e, compat == "reference")
+    image = model.dsdm.image_views(tokens, e, compat == "authors")
     for i in (0, e - 1):
         img_i = image if compat == "clean" else image[:, i]
         v = model.dsdm.v(torch.cat([experts[:, i, None].expand(b, t, -1), img_i], -1))

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from drx.config import load_config
-from drx.data import photos as photos_mod
-from drx.data.photos import (
+from drx.builtin import photos as photos_mod
+from drx.builtin.photos import (
     Archive, Photo, archive_dir, decode_photo, download_archive, ensure_photos, read_archive_table, read_members, read_photo_table,
 )
+from drx.builtin.tiny_encoder import build_tiny_encoder, resolve_backbone_checkpoint
+from drx.config import load_config
 from drx.errors import ConfigError, DataError
 from drx.model import build_model
-from drx.model.tiny_encoder import build_tiny_encoder, resolve_backbone_checkpoint
 
 
 def _png_bytes(seed: int, size=(300, 200)) -> bytes:

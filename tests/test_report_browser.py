@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drx.report.commands import run_report
-from drx.report.synthetic import write_synthetic_experiment
+from drx.testing.synthetic import write_synthetic_experiment
 
 pytestmark = pytest.mark.browser
 

@@ -1,6 +1,6 @@
 """The HTML report and its figures, on synthetic experiments whose numbers are known.
 
-Every experiment here is written by :mod:`drx.report.synthetic` in the formats drx and Ray
+Every experiment here is written by :mod:`drx.testing.synthetic` in the formats drx and Ray
 write (no Ray, no training), then read back and reported; assertions compare the report with
 the generator's truth and with independent recomputations from the experiment's files.
 """
@@ -12,7 +12,8 @@ import json
 import math
 import re
 import shutil
-from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -20,12 +21,13 @@ import plotly.offline
 import pytest
 
 from drx.report import figures as F
-from drx.report.bench import grid_for
-from drx.report.bench import run as bench_run
+from drx.bench.report import grid_for
+from drx.bench.report import run as bench_run
 from drx.report.commands import ablation_tables, run_report
 from drx.report.html import write_report
-from drx.report.results import read_experiment
-from drx.report.synthetic import write_synthetic_experiment
+from drx.data.benchmarks import benchmark_label
+from drx.experiment import read_experiment
+from drx.testing.synthetic import write_synthetic_experiment
 
 PLOTLY_JS = plotly.offline.get_plotlyjs()
 PLOTLY_BANNER = PLOTLY_JS[:60]
@@ -61,6 +63,16 @@ def _section(html: str, sid: str) -> str:
 
 def _fmt3(x: float) -> str:
     return f"{x:.3f}".replace("-", "−")
+
+
+def test_the_report_imports_neither_torch_nor_the_search_layer():
+    # drx.report reads experiment folders only (through drx.experiment): a report must work
+    # where neither a GPU stack nor Ray is installed, and start fast.
+    code = ("import sys, drx.report.commands, drx.report.figures; "
+            "bad = [m for m in ('torch', 'ray', 'optuna', 'drx.search', 'drx.train') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 # ------------------------------------------------------------------------------ reading back
@@ -137,7 +149,7 @@ def test_known_effects_come_out_with_the_right_sign(ablation):
     syn, _, _ = ablation
     (_, table), = ablation_tables(read_experiment(syn.path))
     for v, effect in syn.effects.items():
-        if v == syn.reference:
+        if v == syn.baseline:
             continue
         for b in syn.benchmarks:
             d = table.cell(v, b, "srcc")["delta_median"]
@@ -187,14 +199,14 @@ def test_forest_plot_draws_each_cell_with_its_interval(ablation):
     syn, _, _ = ablation
     (_, table), = ablation_tables(read_experiment(syn.path))
     fig = F.forest_plot(table)
-    others = [v for v in table.variants if v != table.reference]
+    others = [v for v in table.variants if v != table.baseline]
     traces = [t for t in fig.data if t.error_x is not None and t.error_x.array is not None]
     assert len(traces) == len(table.benchmarks) * 2  # a trace per benchmark and metric
     for t in traces:
         assert len(t.x) == len(others)
         for x, custom, plus in zip(t.x, t.customdata, t.error_x.array):
             v = custom[0]
-            bench = next(b for b in table.benchmarks if F.benchmark_label(b) == custom[1])
+            bench = next(b for b in table.benchmarks if benchmark_label(b) == custom[1])
             metric = "srcc" if t.xaxis in ("x", None) else "plcc"
             cell = table.cell(v, bench, metric)
             assert x == pytest.approx(cell["delta_median"])
@@ -224,14 +236,14 @@ def test_colours_are_the_same_for_a_variant_in_every_figure(ablation):
     syn, _, _ = ablation
     exp = read_experiment(syn.path)
     (_, table), = ablation_tables(exp)
-    colours = F.variant_colours(exp.meta["variants"], exp.meta["reference"])
+    colours = F.variant_colours(exp.meta["variants"], exp.meta["baseline"])
     lc = F.learning_curves(exp, colours)
     pairs = F.paired_splits_plot(table, colours)
     ew = F.expert_weights_plot(exp, colours)
     for v in exp.meta["variants"]:
         c = colours[v]
         assert any(t.name == v and t.line.color == c for t in lc.data)
-        if v != exp.meta["reference"]:
+        if v != exp.meta["baseline"]:
             assert any(t.name == v and c in list(t.marker.color) for t in pairs.data)
     assert all(t.marker.color == colours[t.name] for t in ew.data)
     assert len(set(colours.values())) == len(colours)

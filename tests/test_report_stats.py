@@ -1,4 +1,4 @@
-"""Statistics of ablation rows against the reference, checked against hand-computed values."""
+"""Statistics of ablation rows against the baseline, checked against hand-computed values."""
 
 import math
 
@@ -161,7 +161,7 @@ def test_paired_deltas_rejects_duplicate_splits():
         st.paired_deltas(pd.Series([0.9, 0.8], index=[0, 0]), pd.Series([0.9], index=[0]))
 
 
-# ----------------------------------------------------------------------- compare_to_reference
+# ----------------------------------------------------------------------- compare_to_baseline
 
 
 def _frame():
@@ -183,8 +183,8 @@ def _frame():
     return pd.DataFrame(rows)
 
 
-def test_compare_to_reference_column():
-    out = st.compare_to_reference(_frame(), "full", "srcc", "koniq", ["full", "a", "b", "c"],
+def test_compare_to_baseline_column():
+    out = st.compare_to_baseline(_frame(), "full", "srcc", "koniq", ["full", "a", "b", "c"],
                                   n_resamples=999)
     assert list(out.index) == ["a", "b", "c"]
     a = out.loc["a"]
@@ -209,13 +209,13 @@ def test_compare_to_reference_column():
     assert math.isnan(c["p_holm"])
 
 
-def test_compare_to_reference_restricts_splits_and_rejects_duplicates():
-    out = st.compare_to_reference(_frame(), "full", "srcc", "koniq", ["full", "a"],
+def test_compare_to_baseline_restricts_splits_and_rejects_duplicates():
+    out = st.compare_to_baseline(_frame(), "full", "srcc", "koniq", ["full", "a"],
                                   splits=range(5), n_resamples=99)
     assert out.loc["a", "n_paired"] == 5
     assert out.loc["a", "p_raw"] == pytest.approx(st.min_attainable_p(5))
     dup = pd.concat([_frame(), _frame().iloc[:1]])
     with pytest.raises(DataError, match="several rows"):
-        st.compare_to_reference(dup, "full", "srcc", "koniq")
+        st.compare_to_baseline(dup, "full", "srcc", "koniq")
     with pytest.raises(DataError, match="plcc"):
-        st.compare_to_reference(_frame(), "full", "plcc", "koniq")
+        st.compare_to_baseline(_frame(), "full", "plcc", "koniq")

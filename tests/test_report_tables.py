@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from drx.errors import DataError
+from drx.data.benchmarks import benchmark_label
 from drx.report import tables as tb
 
 CROSS = "livefb→koniq"
@@ -48,7 +49,7 @@ def per_split_frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-PROTOCOL = "clean protocol: test metrics at the best-validation epoch; 10 splits of 80/20, seed 0"
+PROTOCOL = "test metrics at the best-validation epoch (selected on the validation part); 10 splits of 80/20, seed 0"
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_cells_values_counts_and_stats(table):
     assert table.cell("full", CROSS, "srcc")["value"] == pytest.approx(0.809)
 
     ref = table.cell("full", "koniq", "srcc")
-    assert ref["is_reference"] and pd.isna(ref["n_paired"]) and math.isnan(ref["p_raw"])
+    assert ref["is_baseline"] and pd.isna(ref["n_paired"]) and math.isnan(ref["p_raw"])
 
     d = table.cell("w/o_dsdm", "koniq", "srcc")
     assert d["n_paired"] == 10 and d["n_ok"] == 10 and d["n_missing"] == 0 and d["n_failed"] == 0
@@ -139,11 +140,11 @@ def test_lower_is_better_metric_and_ties_on_printed_value():
 def test_markdown_values_bold_and_failures(table):
     md = tb.to_markdown(table)
     values, deltas = md_tables(md)
-    assert list(values) == ["full (reference)", "w/o_dsdm", "w/o prior", "flaky", "dead"]
+    assert list(values) == ["full (baseline)", "w/o_dsdm", "w/o prior", "flaky", "dead"]
     col, colp, cross = "KonIQ SRCC", "KonIQ PLCC", "LIVE-FB→KonIQ SRCC"
-    assert values["full (reference)"][col] == "0.909"
-    assert values["full (reference)"][colp] == "0.919"
-    assert values["full (reference)"][cross] == "**0.809**"
+    assert values["full (baseline)"][col] == "0.909"
+    assert values["full (baseline)"][colp] == "0.919"
+    assert values["full (baseline)"][cross] == "**0.809**"
     assert values["w/o_dsdm"][col] == "0.898"
     assert values["w/o prior"][col] == "**0.913**"
     assert values["w/o prior"][cross] == "0.805"
@@ -152,7 +153,7 @@ def test_markdown_values_bold_and_failures(table):
     assert values["dead"][cross] == "— (10 missing)"
     assert sum(c.startswith("**") for r in values.values() for c in r.values()) == 4
 
-    assert "full (reference)" not in deltas
+    assert "full (baseline)" not in deltas
     assert re.fullmatch(r"−0\.011 \[−0\.01\d, −0\.01\d\] p=0\.006", deltas["w/o_dsdm"][col])
     assert deltas["w/o prior"][col].startswith("+0.004 [+0.00")
     assert deltas["flaky"][col].endswith("p=0.125 (n=4/10)")
@@ -166,7 +167,7 @@ def test_markdown_notes(table):
     assert f"Protocol: {PROTOCOL}." in md
     assert "Cells: median over 10 splits." in md
     assert ("paired exact Wilcoxon signed-rank across splits, Holm-corrected within each column; "
-            "Δ = row − reference (full); 95% percentile bootstrap interval of the median Δ") in md
+            "Δ = row − baseline (full); 95% percentile bootstrap interval of the median Δ") in md
     assert "n=a/b" in md
     # flaky has 4 paired splits on KonIQ: its p can never reach 0.05
     assert "with fewer than 6 paired splits no p-value can reach 0.05 (exact floor 2/2^n)" in md.lower()
@@ -205,7 +206,7 @@ def test_expected_splits_count_missing_and_restrict():
     for bench in ("koniq", CROSS):
         c = t.cell("full", bench, "srcc")
         assert (c["n_expected"], c["n_ok"], c["n_missing"]) == (12, 10, 2)
-    assert md_tables(tb.to_markdown(t))[0]["full (reference)"]["KonIQ SRCC"] == (
+    assert md_tables(tb.to_markdown(t))[0]["full (baseline)"]["KonIQ SRCC"] == (
         "**0.909** (n=10/12: 2 missing)"
     )
     # Mapping form: a benchmark nobody ran still gets a (fully missing) column.
@@ -226,7 +227,7 @@ def test_mean_aggregate():
     assert c["value"] == pytest.approx(vals.mean())
     assert c["std"] == pytest.approx(vals.std(ddof=1))
     md = tb.to_markdown(t)
-    assert md_tables(md)[0]["full (reference)"]["KonIQ SRCC"] == f"**0.909** ± {vals.std(ddof=1):.3f}"
+    assert md_tables(md)[0]["full (baseline)"]["KonIQ SRCC"] == f"**0.909** ± {vals.std(ddof=1):.3f}"
     assert "mean ± sample std" in md
 
 
@@ -237,6 +238,23 @@ def test_tied_differences_are_noted():
     t = tb.build_ablation_table(df, ["full", "w/o_dsdm"], "full", n_resamples=NRES)
     assert t.cell("w/o_dsdm", "koniq", "srcc")["test_method"] == "exact permutation (ties)"
     assert "exact permutation (ties)" in tb.to_markdown(t)
+
+
+def test_cell_view_is_computed_once_for_every_format(table):
+    w = tb.cell_view(table.cell("w/o_dsdm", "koniq", "srcc"), table)
+    assert (w.value, w.delta, w.p, w.significant, w.n_paired) == ("0.898", "-0.011", "0.006", "neg", 10)
+    assert w.tested and not w.partial and w.ci_low.startswith("-0.01")
+    f = tb.cell_view(table.cell("flaky", "koniq", "srcc"), table)
+    assert f.partial and (f.n_ok, f.n_expected) == (4, 10) and f.gaps == "3 failed, 1 diverged, 2 missing"
+    assert f.p == "0.125" and f.significant == ""
+    b = tb.cell_view(table.cell("full", "koniq", "srcc"), table)
+    assert b.is_baseline and b.n_paired == 0 and b.delta == "" and b.p == ""
+    d = tb.cell_view(table.cell("dead", CROSS, "srcc"), table)
+    assert not d.has_value and d.value == "" and d.gaps == "10 missing"
+    # The same numbers in the three renderings, each with its own minus sign.
+    assert f"{w.delta.replace('-', '−')} [" in tb.to_markdown(table)
+    assert f"${w.delta}$ {{\\scriptsize$[{w.ci_low}, {w.ci_high}]$}}" in tb.to_latex(table)
+    assert f">{w.delta.replace('-', '−')}<small>[" in tb.render_table(table, "html", colours={})
 
 
 # ----------------------------------------------------------------------------------- latex
@@ -277,9 +295,9 @@ def test_latex_booktabs_and_escaping(table):
 def test_latex_escape():
     assert tb.latex_escape("a_b & 50% #1 {x} ~ ^") == r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} \textasciicircum{}"
     assert tb.latex_escape("livefb→koniq") == r"livefb$\rightarrow$koniq"
-    assert tb.benchmark_label("livefb→koniq") == "LIVE-FB→KonIQ"
-    assert tb.benchmark_label("spaq->bid") == "SPAQ→BID"
-    assert tb.benchmark_label("mydata") == "mydata"
+    assert benchmark_label("livefb→koniq") == "LIVE-FB→KonIQ"
+    assert benchmark_label("spaq->bid") == "SPAQ→BID"
+    assert benchmark_label("mydata") == "mydata"
 
 
 # ------------------------------------------------------------------------------ csv / files
@@ -298,8 +316,8 @@ def test_csv_and_write_table(table, tmp_path):
 
 def test_per_split_deltas_frame(table):
     d = tb.per_split_deltas_frame(per_split_frame(), VARIANTS, "full")
-    assert list(d.columns) == ["variant", "benchmark", "metric", "split", "value", "reference_value", "delta"]
-    np.testing.assert_allclose(d["delta"], d["value"] - d["reference_value"])
+    assert list(d.columns) == ["variant", "benchmark", "metric", "split", "value", "baseline_value", "delta"]
+    np.testing.assert_allclose(d["delta"], d["value"] - d["baseline_value"])
     sub = d[(d.variant == "flaky") & (d.benchmark == "koniq") & (d.metric == "srcc")]
     assert sorted(sub["split"]) == [4, 5, 6, 7]
     assert set(d["variant"]) == {"w/o_dsdm", "w/o prior", "flaky"}
@@ -311,7 +329,7 @@ def test_per_split_deltas_frame(table):
 
 def test_input_errors():
     df = per_split_frame()
-    with pytest.raises(ValueError, match="reference"):
+    with pytest.raises(ValueError, match="baseline"):
         tb.build_ablation_table(df, ["a", "b"], "full")
     with pytest.raises(ValueError, match="direction"):
         tb.build_ablation_table(df.assign(psnr=1.0), ["full"], "full", metrics=["psnr"])

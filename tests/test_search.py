@@ -37,7 +37,7 @@ def write_spec(path: Path, **fields) -> Path:
         "base": "tiny",
         "benchmarks": ["embedded"],
         "splits": [0, 1],
-        "reference": "full",
+        "baseline": "full",
         "overrides": dict(FAST),
         "variants": {"full": {}, "image_encoder": {"model.variant": "image_encoder"}},
         **fields,
@@ -101,7 +101,7 @@ def grid_experiment(tmp_path_factory):
 
 @pytest.mark.slow
 def test_grid_runs_through_ray_and_lands_where_the_report_reads(grid_experiment):
-    from drx.report.results import read_experiment
+    from drx.experiment import read_experiment
 
     rc, exp_dir = grid_experiment
     assert rc == 0
@@ -121,7 +121,7 @@ def test_grid_runs_through_ray_and_lands_where_the_report_reads(grid_experiment)
 
 @pytest.mark.slow
 def test_a_trial_that_raises_is_retried_from_its_checkpoint(grid_experiment):
-    from drx.report.results import read_experiment
+    from drx.experiment import read_experiment
 
     _, exp_dir = grid_experiment
     exp = read_experiment(exp_dir)
@@ -134,7 +134,7 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(grid_experiment):
 
 @pytest.mark.slow
 def test_a_diverging_trial_is_recorded_with_its_reason_and_not_retried(grid_experiment):
-    from drx.report.results import read_experiment
+    from drx.experiment import read_experiment
 
     _, exp_dir = grid_experiment
     exp = read_experiment(exp_dir)
@@ -192,7 +192,7 @@ def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_p
     assert (storage / "kill" / "trials-r2").is_dir()
     # Every scratch folder is gone: the rerun's own trials removed theirs, the dead ones were swept.
     assert sorted(p.name for p in scratch.iterdir()) == []
-    from drx.report.results import read_experiment
+    from drx.experiment import read_experiment
 
     exp = read_experiment(storage / "kill")
     assert (exp.trials()["status"] == "ok").all() and len(exp.trials()) == 4
@@ -226,8 +226,8 @@ def test_unknown_keys_fail_before_ray_starts(tmp_path, capsys):
     rc = drx_main(["ablate", str(spec), "--storage", str(tmp_path / "exp")])
     assert rc == 2 and not (tmp_path / "exp").exists()
     assert "typo" in capsys.readouterr().err
-    spec2 = write_spec(tmp_path / "bad2.yaml", refrence="full")
-    with pytest.raises(ConfigError, match="refrence.*did you mean 'reference'"):
+    spec2 = write_spec(tmp_path / "bad2.yaml", baselin="full")
+    with pytest.raises(ConfigError, match="baselin.*did you mean 'baseline'"):
         load_ablation(spec2)
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"name": "s", "base": "tiny", "benchmark": "embedded", "space": {"train.lrr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}))
@@ -252,14 +252,14 @@ def test_gpu_requests_on_a_cpu_cluster_and_local_storage_on_many_nodes_fail_clea
     check_storage("s3://bucket/experiments", 3)
 
 
-@pytest.mark.parametrize("study", sorted((REPO / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("study", sorted((REPO / "drx" / "studies" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_ablation_study_validates(study, capsys):
     assert drx_main(["ablate", str(study), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "trials; reference row" in out
+    assert "trials; baseline row" in out
 
 
-@pytest.mark.parametrize("study", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("study", sorted((REPO / "drx" / "studies" / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_search_space_validates(study, capsys):
     assert drx_main(["tune", str(study), "--dry-run"]) == 0
     assert "first trial (the base config)" in capsys.readouterr().out

@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from drx.builtin import resolve
 from drx.cli import main as drx_main
 from drx.config import ConfigError, load_config, save_config
-from drx.train.metrics import iqa_metrics, logistic4
+from drx.metrics import iqa_metrics, logistic4
 from drx.train.optim import LRSchedule, param_groups
 from drx.train.trainer import run_trial
 
@@ -75,10 +76,10 @@ def test_step_schedule_matches_the_reference():
     assert lr(600) == pytest.approx(2e-6) and lr(899) == pytest.approx(2e-6)
 
 
-def test_param_groups_clean_and_reference():
+def test_param_groups_clean_and_authors():
     from drx.model import build_model
 
-    model = build_model(load_config("tiny", ["model.prior.checkpoint=null"]).model)
+    model = build_model(resolve(load_config("tiny", ["model.prior.checkpoint=null"]).model))
     names = {id(p): n for n, p in model.named_parameters()}
 
     def undecayed(compat):
@@ -88,7 +89,7 @@ def test_param_groups_clean_and_reference():
     clean = undecayed("clean")
     assert {"dsdm.alpha", "dsdm.lambda_", "encoder.vit.pos_embed", "encoder.vit.cls_token"} <= clean
     assert "dsdm.q1.weight" not in clean
-    ref = undecayed("reference")
+    ref = undecayed("authors")
     assert not {"dsdm.alpha", "dsdm.lambda_", "encoder.vit.pos_embed", "encoder.vit.cls_token"} & ref
     assert "dsdm.q1.bias" in ref and "ddwm.mlp.1.weight" in ref  # biases and PReLU weights
     assert not any(n.startswith("prior.") for n in clean | ref)
@@ -145,8 +146,8 @@ def test_trial_writes_metrics_result_config_and_checkpoint(tmp_path):
     assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()
 
 
-def test_reference_protocol_selects_by_test_plcc(tmp_path):
-    result = run_trial(quick("train.protocol=reference"), progress=False)
+def test_select_on_test_selects_by_test_plcc(tmp_path):
+    result = run_trial(quick("train.select_on=test"), progress=False)
     plccs = [h["test_plcc"] for h in result.history]
     best = max(range(3), key=lambda i: (plccs[i], i))  # >=: later epochs win ties
     assert result.best_epoch == best + 1

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from drx.config import load_config
 from drx.errors import CheckpointError
 from drx.model import build_model
-from drx.model.perturb import perturb_parameters_
 from drx.model.weights import daclip_official_state_dict, deit3_official_state_dict
+from drx.testing.perturb import perturb_parameters_
 from tests.conftest import TINY_MODEL
 
 

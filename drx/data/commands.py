@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from drx.data.benchmarks import ADAPTERS, check_benchmark, get_adapter, prepare_benchmark
+from drx.data.benchmarks import BENCHMARKS, check_benchmark, get_adapter, prepare_benchmark
+from drx.data.embedded import build_embedded, expected_count
 from drx.errors import DataError
 
 
@@ -36,7 +37,7 @@ def _progress() -> bool:
 
 
 def _benchmark_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", metavar="BENCHMARK", help=f"one of: {', '.join(ADAPTERS)}")
+    p.add_argument("benchmark", metavar="BENCHMARK", help=f"one of: {', '.join(BENCHMARKS)}")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -50,9 +51,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     adapter = get_adapter(args.benchmark)
-    if args.compat == "reference":
-        exact, size = adapter.reference_resize, None
-        note = f"(reference resize {exact[0]}x{exact[1]} HxW)" if exact else "(the reference code does not resize this benchmark: images are copied unchanged)"
+    if args.compat == "authors":
+        exact, size = adapter.authors_resize, None
+        note = f"(the authors' resize {exact[0]}x{exact[1]} HxW)" if exact else "(the authors' code does not resize this benchmark: images are copied unchanged)"
     else:
         exact, size = None, args.size
         note = f"(shorter side {size} px, never enlarged)"
@@ -68,8 +69,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _build_embedded(args: argparse.Namespace) -> int:
-    from drx.data.embedded import build_embedded, expected_count
-
     start = time.perf_counter()
     out = build_embedded(args.out, workers=args.workers, force=args.force)
     print(f"embedded benchmark: {expected_count()} images in {out} ({time.perf_counter() - start:.1f} s)")
@@ -107,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", required=True, help="output folder; the copy goes to CACHE/BENCHMARK/")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--size", type=int, default=384, help="shorter side in px (aspect kept, never enlarged; default 384)")
-    g.add_argument("--compat", choices=["reference"], help="the reference code's fixed HxW resize (koniq/livefb/spaq 512x384, bid 512x512, livec none)")
+    g.add_argument("--compat", choices=["authors"], help="the authors' fixed HxW resize (koniq/livefb/spaq 512x384, bid 512x512, livec none)")
     p.add_argument("--skip-bad", action="store_true", help="exclude unreadable images (listed in drx-excluded.csv) instead of failing")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="adapter option (repeatable)")
     p.add_argument("--workers", type=int, default=None, help="threads (default: CPU count, at most 8)")

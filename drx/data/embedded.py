@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +28,7 @@ from PIL import Image
 from scipy import ndimage, signal
 
 from drx.errors import DataError
+from drx.io import atomic_write_bytes, file_lock
 from drx.paths import cache_dir
 
 VERSION = 1
@@ -49,7 +50,7 @@ def stable_seed(*parts: object) -> int:
 
 
 def _skimage_scene(name: str) -> np.ndarray:
-    from skimage import data
+    from skimage import data  # imported on use: only a build needs the photographs (slow import)
 
     if name == "motorcycle_left":
         return data.stereo_motorcycle()[0]
@@ -315,7 +316,7 @@ def ssim_with_map(distorted: np.ndarray, reference: np.ndarray) -> tuple[float, 
     """SSIM between the BT.601 luminances of two uint8 HxWx3 images (scaled to [0, 1], data_range 1,
     Gaussian window sigma 1.5, population covariance: Wang et al. 2004) -> (mean SSIM, SSIM map
     [H, W]). The mean leaves out the borders the window does not cover, as scikit-image does."""
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # imported on use: only a build labels images (slow import)
 
     a = luminance(distorted.astype(np.float64) / 255.0)
     b = luminance(reference.astype(np.float64) / 255.0)
@@ -354,18 +355,6 @@ def default_root() -> Path:
     return cache_dir() / DIRNAME
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".drx-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     # No metadata and a fixed compression level: the same pixels always give the same bytes.
@@ -383,7 +372,7 @@ def _build_scene(args: tuple[str, str]) -> list[dict]:
             iid = image_id(scene, family, level)
             img = distort(ref, scene, family, level)
             rel = f"images/{iid}.png"
-            _write_bytes_atomic(Path(out) / rel, _png_bytes(img))
+            atomic_write_bytes(Path(out) / rel, _png_bytes(img))
             rows.append(
                 {"image_id": iid, "path": rel, "mos": quality_score(img, ref), "group": scene, "family": family, "level": level}
             )
@@ -466,8 +455,6 @@ def build_embedded(out: str | Path | None = None, workers: int | None = None, sc
         workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         jobs = [(s, str(out)) for s in scenes]
         if workers > 1:
-            import multiprocessing as mp
-
             # spawn: safe even when the caller holds threads (torch, Ray); pays an import per worker.
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 results = list(pool.map(_build_scene, jobs))
@@ -477,47 +464,16 @@ def build_embedded(out: str | Path | None = None, workers: int | None = None, sc
         _self_check(rows)
         lines = ["image_id,path,mos,group,family,level"]
         lines += [f"{r['image_id']},{r['path']},{r['mos']:.6f},{r['group']},{r['family']},{r['level']}" for r in rows]
-        _write_bytes_atomic(out / "labels.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(out / "labels.csv", ("\n".join(lines) + "\n").encode())
         readme = README.format(
             version=VERSION, n=n, n_scenes=len(scenes), n_fam=len(FAMILIES), levels=LEVELS,
             scenes=", ".join(scenes), families=", ".join(FAMILIES), short=SHORT_SIDE, long=MAX_LONG_SIDE,
         )
-        _write_bytes_atomic(out / "README.txt", readme.encode())
+        atomic_write_bytes(out / "README.txt", readme.encode())
         info = {"version": VERSION, "count": n, "scenes": list(scenes), "families": list(FAMILIES), "levels": LEVELS,
                 "build_seconds": round(time.perf_counter() - start, 2)}
-        _write_bytes_atomic(marker, (json.dumps(info, indent=1) + "\n").encode())
+        atomic_write_bytes(marker, (json.dumps(info, indent=1) + "\n").encode())
     return out
-
-
-class file_lock:
-    """Exclusive advisory lock on a file (created if needed), held for the ``with`` block.
-
-    blocking=False raises DataError at once when another process holds it.
-    """
-
-    def __init__(self, path: str | Path, blocking: bool = True):
-        self.path = Path(path)
-        self.blocking = blocking
-        self.fd: int | None = None
-
-    def __enter__(self) -> "file_lock":
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            import fcntl
-        except ImportError:  # no fcntl (Windows): writes stay atomic, work may just be done twice
-            return self
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise DataError(f"{self.path}: locked by another running drx process; wait for it to finish") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
 
 
 def ensure_embedded(root: str | Path | None = None) -> Path:

@@ -16,18 +16,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from drx.config import ResizeConfig
+from drx.data.images import ResizeConfig, check_fits, load_image, resize_image
+from drx.data.transforms import crop_array, fixed_crop_positions, random_crop_position, rng_seed, to_tensor
 from drx.errors import DataError
-from drx.data.transforms import (
-    check_fits,
-    crop_array,
-    fixed_crop_positions,
-    load_image,
-    random_crop_position,
-    resize_image,
-    rng_seed,
-    to_tensor,
-)
 
 
 def _manifest_columns(manifest: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drx.errors import DataError
 from drx.data.transforms import rng_seed
+from drx.errors import DataError
+from drx.io import atomic_write_text
 from drx.paths import cache_dir
 
 FORMAT = "drx-splits-v1"
@@ -168,20 +167,6 @@ def make_splits(
 # ---------------------------------------------------------------------------------- persistence
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".drx-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        # Concurrent trials may race to create the same file; the content is identical.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _read_split_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -269,7 +254,8 @@ def persisted_splits(
         return SplitSet(str(data["benchmark"]), seed, n_splits, train_fraction, grouped, fingerprint, splits, path, groups)
     splits = make_splits(ids_list, seed, n_splits, train_fraction, groups)
     split_set = SplitSet(benchmark, seed, n_splits, train_fraction, grouped, fingerprint, splits, path, groups)
-    _write_json_atomic(path, split_set.to_json())
+    # Concurrent trials may race to create the same file; the content is identical (and atomic).
+    atomic_write_text(path, json.dumps(split_set.to_json(), indent=1))
     return split_set
 
 

@@ -25,8 +25,10 @@ prior's expert tokens by learned ones and its controller tokens by the encoder's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from drx.config import ModelConfig
@@ -35,9 +37,23 @@ from drx.model.backbone import ImageEncoder
 from drx.model.ddwm import DDWM
 from drx.model.dsdm import DSDM, ContextTokens, ExpertTokens, hadamard
 from drx.model.prior import DistortionPrior
+from drx.model.weights import BUILTIN_PREFIX, load_backbone_weights, load_prior_weights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def uses_refined(cfg: ModelConfig) -> bool:
+    """Whether the variant computes DSDM's refined expert features (``dsdm``, or ``full`` with
+    the ``dis`` or ``bri`` group)."""
+    return cfg.variant == "dsdm" or (cfg.variant == "full" and ("dis" in cfg.ddwm.groups or "bri" in cfg.ddwm.groups))
+
+
+def uses_encoder(cfg: ModelConfig) -> bool:
+    """Whether the model has an image encoder (so ``model.backbone.pretrained`` is loaded)."""
+    return cfg.variant != "prior_only"
+
+
+def uses_prior(cfg: ModelConfig) -> bool:
+    """Whether the model builds the frozen prior (so ``model.prior.checkpoint`` is loaded)."""
+    return (cfg.variant == "prior_only" or uses_refined(cfg)) and cfg.prior.kind != "none"
 
 
 @dataclass
@@ -59,8 +75,8 @@ class DRExperts(nn.Module):
         self.compat = cfg.compat
         self.prompts = list(cfg.prior.prompts)
         self.num_experts = len(self.prompts)
-        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
         self.ddwm: DDWM | None = None
         self.dsdm: DSDM | None = None
@@ -70,17 +86,14 @@ class DRExperts(nn.Module):
         self.context: ContextTokens | None = None
         self.expert_queries: nn.Parameter | None = None
 
-        needs_refined = cfg.variant == "dsdm" or (
-            cfg.variant == "full" and ("dis" in cfg.ddwm.groups or "bri" in cfg.ddwm.groups)
-        )
-        needs_prior = (cfg.variant == "prior_only" or needs_refined) and cfg.prior.kind != "none"
-        if cfg.variant != "prior_only":
+        needs_refined = uses_refined(cfg)
+        if uses_encoder(cfg):
             self.encoder = ImageEncoder(cfg.backbone, cfg.img_size)
             self.input_size = self.encoder.img_size
             dim = self.encoder.embed_dim
         else:
             self.input_size = (cfg.img_size, cfg.img_size)
-        if needs_prior:
+        if uses_prior(cfg):
             self.prior = DistortionPrior(cfg.prior)
 
         if cfg.variant == "prior_only":
@@ -165,7 +178,7 @@ class DRExperts(nn.Module):
         if self.dsdm is not None:
             experts, context = self.expert_and_context(x, tokens)
             refined, maps = self.dsdm(
-                experts, tokens, context, cumulative_norm=self.compat == "reference", return_maps=return_attention
+                experts, tokens, context, cumulative_norm=self.compat == "authors", return_maps=return_attention
             )
         if self.variant == "image_encoder":
             return ModelOutput(score=self.head(cls).squeeze(-1))
@@ -181,22 +194,29 @@ class DRExperts(nn.Module):
 def build_model(cfg: ModelConfig) -> DRExperts:
     """The factory: a DR.Experts variant from its config, with pretrained weights when configured.
 
-    Pretrained files are read from local paths (``model.backbone.pretrained``,
-    ``model.prior.checkpoint``) or built once by drx (``builtin:tiny-deit3``, ``builtin:tiny-daclip``);
-    ``None`` leaves random initialisation.
+    Pretrained weights are read from the local files ``model.backbone.pretrained`` and
+    ``model.prior.checkpoint`` name (``None``: random initialisation); only the parts the variant
+    builds are loaded. Raises ConfigError for a ``builtin:`` reference (turn it into its file with
+    ``drx.builtin.resolve(cfg)`` first) and CheckpointError for a file that is missing, unreadable
+    or does not fit.
     """
-    from drx.model.weights import load_backbone_weights, load_prior_weights
-
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
     model = DRExperts(cfg)
     if model.encoder is not None and cfg.backbone.pretrained:
-        from drx.model.tiny_encoder import resolve_backbone_checkpoint
-
-        load_backbone_weights(model.encoder.vit, resolve_backbone_checkpoint(cfg.backbone, cfg.img_size))
+        load_backbone_weights(model.encoder.vit, _weights_file(cfg.backbone.pretrained, "model.backbone.pretrained"))
     if model.prior is not None and cfg.prior.checkpoint:
-        from drx.model.tiny_prior import resolve_prior_checkpoint
-
-        load_prior_weights(model.prior, resolve_prior_checkpoint(cfg.prior), cfg.prior.kind)
+        load_prior_weights(model.prior, _weights_file(cfg.prior.checkpoint, "model.prior.checkpoint"), cfg.prior.kind)
         model.prior.refresh_text_features()
     return model
+
+
+def _weights_file(ref: str, key: str) -> Path:
+    """The file `ref` names (``~`` expanded); a ``builtin:`` reference is a ConfigError (drx.model
+    only loads: building the built-ins belongs to drx.builtin, a layer above)."""
+    if ref.startswith(BUILTIN_PREFIX):
+        raise ConfigError(
+            f"{key} {ref!r} is a built-in, not a file: resolve it first with drx.builtin.resolve(model_config), "
+            "which builds it once and names its cached file"
+        )
+    return Path(ref).expanduser()

@@ -10,27 +10,25 @@ not feed back into the controller, so only the last one is computed on the defau
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Any
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import _build_text_tower, _build_vision_tower
 from torch import nn
 
 from drx.config import PriorConfig, deep_merge
 from drx.errors import ConfigError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from drx.model.weights import daclip_official_state_dict
 
 
 def prior_arch_config(cfg: PriorConfig) -> dict[str, Any]:
     """The open_clip architecture config with ``arch_overrides`` merged in."""
     base = open_clip.get_model_config(cfg.arch)
     if base is None:
-        import difflib
-
         close = difflib.get_close_matches(cfg.arch, open_clip.list_models(), n=3)
         raise ConfigError(
             f"model.prior.arch: unknown open_clip architecture {cfg.arch!r}"
@@ -114,8 +112,8 @@ class DistortionPrior(nn.Module):
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context)
         self.register_buffer("tokens", tokenizer(self.prompts), persistent=False)
         self.register_buffer("text_features", torch.zeros(len(self.prompts), embed_dim), persistent=False)
-        self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
         self.refresh_text_features()
@@ -137,12 +135,12 @@ class DistortionPrior(nn.Module):
         """The prior's own view of an ImageNet-normalised batch x [B,3,H,W] -> [B,3,S,S].
 
         ``clean``: undo ImageNet normalisation, antialiased bicubic resize (as CLIP's own
-        preprocessing), CLIP normalisation. ``reference``: bilinear resize without antialias of
+        preprocessing), CLIP normalisation. ``authors``: bilinear resize without antialias of
         the ImageNet-normalised tensor, then CLIP normalisation on top (the reference's double
         normalisation).
         """
         size = (self.image_size, self.image_size)
-        if compat == "reference":
+        if compat == "authors":
             view = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         else:
             raw = x * imagenet_std + imagenet_mean
@@ -160,8 +158,6 @@ class DistortionPrior(nn.Module):
 
     def build_state_for_export(self) -> dict[str, torch.Tensor]:
         """This prior in the official DA-CLIP key layout (needs kind='daclip')."""
-        from drx.model.weights import daclip_official_state_dict
-
         if self.kind != "daclip":
             raise ConfigError("only a 'daclip' prior can be exported in the DA-CLIP layout")
         content = copy.deepcopy(self.controller.visual)  # no content tower is kept: export a copy

@@ -3,13 +3,15 @@
 All state-dict key mapping lives here:
 
 * DeiT-III (``deit_3_small_384_21k.pth``: ``{"model": {...}}`` with ``blocks.N.gamma_1``) and timm /
-  safetensors files -> the timm ``VisionTransformer`` inside :class:`drx.model.backbone.ImageEncoder`.
+  safetensors files -> the timm ``VisionTransformer`` inside :class:`drx.model.backbone.ImageEncoder`
+  (timm's own ``checkpoint_filter_fn`` renames the layer scales and resamples ``pos_embed``).
 * DA-CLIP (``daclip_ViT-B-32.pt``: ``clip.*``, ``visual.*``, ``visual_control.*``, ``logit_scale``)
   and plain open_clip CLIP state dicts -> :class:`drx.model.prior.DistortionPrior`.
 
 Loading is strict: missing or unexpected keys and shape mismatches raise :class:`CheckpointError`
 listing them. Keys that the official files hold but DR.Experts never runs are dropped by name
-(listed in ``IGNORED_*`` below), never by a catch-all. Nothing is downloaded.
+(listed in ``IGNORED_*`` below), never by a catch-all. Nothing is downloaded, and nothing is built:
+a ``builtin:`` reference must be turned into its file by ``drx.builtin.resolve`` first.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from drx.errors import CheckpointError
@@ -30,6 +34,9 @@ DEIT3_SOURCE = (
     "the official DeiT-III weights (facebookresearch/deit, README_revenge.md: "
     "https://dl.fbaipublicfiles.com/deit/deit_3_small_384_21k.pth), or a timm/safetensors file"
 )
+# A weights reference that names a model drx builds itself (drx.builtin) instead of a file.
+BUILTIN_PREFIX = "builtin:"
+
 DACLIP_SOURCE = (
     "the official DA-CLIP weights daclip_ViT-B-32.pt (github.com/Algolzw/daclip-uir, README "
     "'Pretrained Models'); use 'builtin:tiny-daclip' for drx's miniature prior"
@@ -49,8 +56,6 @@ def read_state_dict(path: str | Path, what: str, source: str) -> dict[str, torch
         raise CheckpointError(f"{what} file {str(p)!r} does not exist; expected {source}")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd: Any = load_file(str(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
@@ -98,34 +103,33 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, pa
 
 # The DeiT-III classifier (ImageNet head) is not part of drx's image encoder (num_classes=0).
 IGNORED_BACKBONE_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias", "dist_token")
-_DEIT3_LAYERSCALE = re.compile(r"^blocks\.(\d+)\.gamma_([12])$")
 
 
-def map_backbone_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official DeiT-III / timm key names -> timm ``VisionTransformer`` names."""
-    out = {}
-    for k, v in sd.items():
-        if k in IGNORED_BACKBONE_KEYS:
-            continue
-        m = _DEIT3_LAYERSCALE.match(k)
-        if m:
-            k = f"blocks.{m.group(1)}.ls{m.group(2)}.gamma"
-        out[k] = v
+def map_backbone_keys(sd: dict[str, torch.Tensor], vit: nn.Module) -> dict[str, torch.Tensor]:
+    """Official DeiT-III / timm keys -> the keys of the timm ``VisionTransformer`` `vit`.
+
+    The ignored head keys are dropped; timm's ``checkpoint_filter_fn`` renames DeiT-III's
+    ``blocks.N.gamma_1/2`` to ``blocks.N.ls1/ls2.gamma`` and resamples ``pos_embed`` (bicubic,
+    antialiased, class token kept) when the file's grid is not `vit`'s. The patch kernel is kept
+    as the file has it: a file of another patch size stays a shape mismatch for :func:`load_strict`
+    (timm would resample the kernel silently).
+    """
+    sd = {k: v for k, v in sd.items() if k not in IGNORED_BACKBONE_KEYS}
+    kernel = sd.get("patch_embed.proj.weight")
+    out = checkpoint_filter_fn(sd, vit, adapt_layer_scale=True)
+    if kernel is not None:
+        out["patch_embed.proj.weight"] = kernel
+    before, after = sd.get("pos_embed"), out.get("pos_embed")
+    if before is not None and after is not None and before.shape != after.shape:
+        log.info("resampled pos_embed %s -> %s", tuple(before.shape), tuple(after.shape))
     return out
 
 
 def load_backbone_weights(vit: nn.Module, path: str | Path) -> None:
-    """Load DeiT-III/timm weights into a timm ViT; resamples ``pos_embed`` when the grid differs."""
-    sd = map_backbone_keys(read_state_dict(path, "backbone (model.backbone.pretrained)", DEIT3_SOURCE))
-    own = vit.state_dict()
-    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
-        from timm.layers import resample_abs_pos_embed
-
-        prefix = 0 if getattr(vit, "no_embed_class", False) else getattr(vit, "num_prefix_tokens", 1)
-        grid = vit.patch_embed.grid_size
-        log.info("resampling pos_embed %s -> %s", tuple(sd["pos_embed"].shape), tuple(own["pos_embed"].shape))
-        sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)
-    load_strict(vit, sd, "backbone (model.backbone.pretrained)", path)
+    """Load the DeiT-III/timm file at `path` into a timm ViT, strictly (CheckpointError listing
+    missing/unexpected keys and shape mismatches); ``pos_embed`` is resampled when the grid differs."""
+    what = "backbone (model.backbone.pretrained)"
+    load_strict(vit, map_backbone_keys(read_state_dict(path, what, DEIT3_SOURCE), vit), what, path)
 
 
 # ----------------------------------------------------------------------------------------- prior

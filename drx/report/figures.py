@@ -23,14 +23,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.subplots import make_subplots
 
-from drx.report.results import Experiment
-from drx.report.tables import AblationTable, benchmark_label, metric_label
+from drx.data.benchmarks import benchmark_label
+from drx.experiment import Experiment, explain_file, open_study_storage
+from drx.metrics import metric_label
+from drx.report.tables import AblationTable
 
 __all__ = [
     "NoFigure",
-    "REFERENCE_COLOUR",
+    "BASELINE_COLOUR",
     "in_run",
     "variant_colours",
     "benchmark_colours",
@@ -52,9 +55,9 @@ __all__ = [
     "confirm_table",
 ]
 
-#: The reference row's colour (a neutral dark slate), so the other rows' colours stand out.
-REFERENCE_COLOUR = "#3b4a5e"
-# D3's ten without its grey (kept for the reference), then more for long grids.
+#: The baseline row's colour (a neutral dark slate), so the other rows' colours stand out.
+BASELINE_COLOUR = "#3b4a5e"
+# D3's ten without its grey (kept for the baseline), then more for long grids.
 _VARIANT_PALETTE = [
     "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#BCBD22", "#17BECF",
     "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B", "#511CFB",
@@ -62,7 +65,6 @@ _VARIANT_PALETTE = [
 # Okabe-Ito: colour-blind safe, and distinct from the variant palette's first colours.
 _BENCHMARK_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 _FONT = "-apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
-METRIC_NAMES = {"srcc": "SRCC", "plcc": "PLCC", "krcc": "KRCC", "rmse": "RMSE", "plcc_logistic": "PLCC (logistic)"}
 
 
 class NoFigure(Exception):
@@ -72,13 +74,13 @@ class NoFigure(Exception):
 # ------------------------------------------------------------------------------------ colours
 
 
-def variant_colours(variants: Iterable[str], reference: str | None = None) -> dict[str, str]:
-    """A fixed colour per variant, in the given order; the reference is neutral grey."""
+def variant_colours(variants: Iterable[str], baseline: str | None = None) -> dict[str, str]:
+    """A fixed colour per variant, in the given order; the baseline is neutral dark slate."""
     out: dict[str, str] = {}
     i = 0
     for v in dict.fromkeys(str(v) for v in variants):
-        if v == reference:
-            out[v] = REFERENCE_COLOUR
+        if v == baseline:
+            out[v] = BASELINE_COLOUR
             continue
         out[v] = _VARIANT_PALETTE[i % len(_VARIANT_PALETTE)]
         i += 1
@@ -131,10 +133,6 @@ def in_run(runs: pd.Series, base: str | None) -> pd.Series:
     return (r == base) | r.str.match(rf"^{base}-r\d+$")
 
 
-def _mlabel(metric: str) -> str:
-    return METRIC_NAMES.get(metric, metric_label(metric))
-
-
 def _fmt(x: Any, digits: int = 4, signed: bool = False) -> str:
     try:
         v = float(x)
@@ -159,7 +157,7 @@ def _p(p: Any) -> str:
 
 
 def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colours: Mapping[str, str] | None = None) -> go.Figure:
-    """Δ (variant − reference) per non-reference row and benchmark, with the bootstrap interval.
+    """Δ (variant − baseline) per non-baseline row and benchmark, with the bootstrap interval.
 
     Rows are the variants (top to bottom in table order), one marker per benchmark with its
     percentile-bootstrap interval of the median Δ; filled markers: Holm-adjusted Wilcoxon
@@ -167,13 +165,13 @@ def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colo
     per metric (SRCC, PLCC), a dashed line at Δ = 0.
     """
     metrics = list(metrics or [m for m in table.metrics if m in ("srcc", "plcc")] or list(table.metrics)[:2])
-    others = [v for v in table.variants if v != table.reference]
+    others = [v for v in table.variants if v != table.baseline]
     if not others:
-        raise NoFigure("the table has only the reference row, so there is nothing to compare with it")
-    cells = table.cells[(~table.cells["is_reference"]) & table.cells["metric"].isin(metrics)]
+        raise NoFigure("the table has only the baseline row, so there is nothing to compare with it")
+    cells = table.cells[(~table.cells["is_baseline"]) & table.cells["metric"].isin(metrics)]
     if not np.isfinite(cells["delta_median"].to_numpy(dtype=float)).any():
-        raise NoFigure("no variant shares a finished split with the reference (all comparisons failed or are missing)")
-    colours = dict(colours or variant_colours(table.variants, table.reference))
+        raise NoFigure("no variant shares a finished split with the baseline (all comparisons failed or are missing)")
+    colours = dict(colours or variant_colours(table.variants, table.baseline))
     bcol = benchmark_colours(table.benchmarks)
     n, nb = len(others), len(table.benchmarks)
     ypos = {v: n - 1 - i for i, v in enumerate(others)}
@@ -181,7 +179,7 @@ def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colo
     offset = {b: ((nb - 1) / 2 - j) * step for j, b in enumerate(table.benchmarks)}
     pct = f"{100 * table.confidence:g}%"
     fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True, horizontal_spacing=0.035,
-                        subplot_titles=[f"Δ {_mlabel(m)}" for m in metrics])
+                        subplot_titles=[f"Δ {metric_label(m)}" for m in metrics])
     hover = (
         "<b>%{customdata[0]}</b> on %{customdata[1]}<br>"
         "median Δ %{customdata[9]} = %{x:+.4f}<br>"
@@ -207,7 +205,7 @@ def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colo
                 [_p(x) for x in p], [("0" if pd.isna(x) else str(int(x))) for x in c["n_paired"]],
                 [("0" if pd.isna(x) else str(int(x))) for x in c["n_expected"]],
                 [str(x) if isinstance(x, str) and x else "no test" for x in c["test_method"]], [_p(x) for x in c["p_raw"]],
-                [_mlabel(m)] * n, values,
+                [metric_label(m)] * n, values,
             ])
             symbols = ["circle" if (np.isfinite(pi) and pi < 0.05) else "circle-open" for pi in p]
             fig.add_trace(go.Scatter(
@@ -222,12 +220,12 @@ def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colo
                     x=np.zeros(int((~has).sum())), y=y[~has], mode="markers", name="no paired split", legendgroup="none",
                     showlegend=False, marker=dict(symbol="x-thin-open", size=10, color="#999", line=dict(width=2, color="#999")),
                     customdata=np.column_stack([np.array(others)[~has], [benchmark_label(b)] * int((~has).sum()), np.array(values)[~has]]),
-                    hovertemplate="<b>%{customdata[0]}</b> on %{customdata[1]}: no split where both this row and the reference "
+                    hovertemplate="<b>%{customdata[0]}</b> on %{customdata[1]}: no split where both this row and the baseline "
                                   "finished<br>%{customdata[2]}<extra></extra>",
                 ), row=1, col=k + 1)
     for k, m in enumerate(metrics):
         fig.add_vline(x=0, line=dict(color="#666", width=1.2, dash="dash"), row=1, col=k + 1)
-        fig.update_xaxes(title_text=f"Δ {_mlabel(m)} = variant − {table.reference}", zeroline=False, row=1, col=k + 1)
+        fig.update_xaxes(title_text=f"Δ {metric_label(m)} = variant − {table.baseline}", zeroline=False, row=1, col=k + 1)
     for v, yv in ypos.items():
         if yv % 2 == 0:
             fig.add_hrect(y0=yv - 0.5, y1=yv + 0.5, fillcolor="#f2f4f7", line_width=0, layer="below", row=1, col="all")
@@ -235,7 +233,7 @@ def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colo
     fig.update_yaxes(tickvals=[ypos[v] for v in others], ticktext=ticks, range=[-0.6, n - 0.4], showgrid=False, row=1, col=1)
     fig.update_yaxes(showgrid=False)
     left = 40 + 7 * max(len(v) for v in others)
-    _style(fig, f"Module contributions: Δ to <b>{table.reference}</b>, median over paired splits with {pct} bootstrap CI "
+    _style(fig, f"Module contributions: Δ to <b>{table.baseline}</b>, median over paired splits with {pct} bootstrap CI "
                 f"(filled: Holm p < 0.05)", max(270, 150 + n * max(46, 15 * nb + 16)))
     fig.update_layout(margin=dict(l=left))
     return fig
@@ -245,9 +243,9 @@ def forest_plot(table: AblationTable, metrics: Sequence[str] | None = None, colo
 
 
 def paired_splits_plot(table: AblationTable, colours: Mapping[str, str] | None = None, metrics: Sequence[str] | None = None) -> go.Figure:
-    """Per split, a line from the reference's value (left, dark) to the variant's (right).
+    """Per split, a line from the baseline's value (left, dark) to the variant's (right).
 
-    Small multiples: one panel per benchmark (rows) and non-reference variant (columns), each
+    Small multiples: one panel per benchmark (rows) and non-baseline variant (columns), each
     with its own y range so that small effects stay visible next to large ones; the panel's
     label gives the median Δ and how many splits went down/up. The black diamonds join the
     medians. A menu switches the metric (SRCC, PLCC). Lines mostly sloping one way: a
@@ -255,11 +253,11 @@ def paired_splits_plot(table: AblationTable, colours: Mapping[str, str] | None =
     """
     d = table.deltas
     if d.empty:
-        raise NoFigure("no split has both the reference and another row finished")
+        raise NoFigure("no split has both the baseline and another row finished")
     metrics = [m for m in (metrics or ["srcc", "plcc"]) if m in set(d["metric"])] or list(dict.fromkeys(d["metric"]))[:2]
     benches = [b for b in table.benchmarks if b in set(d["benchmark"])]
-    others = [v for v in table.variants if v != table.reference and v in set(d["variant"])]
-    colours = dict(colours or variant_colours(table.variants, table.reference))
+    others = [v for v in table.variants if v != table.baseline and v in set(d["variant"])]
+    colours = dict(colours or variant_colours(table.variants, table.baseline))
     nr, nc = len(benches), len(others)
     titles = [f"<span style='color:{_colour_of(colours, v)}'><b>{v}</b></span>" for v in others] + [""] * (nc * (nr - 1))
     fig = make_subplots(rows=nr, cols=nc, horizontal_spacing=min(0.045, 0.3 / max(1, nc)),
@@ -267,7 +265,7 @@ def paired_splits_plot(table: AblationTable, colours: Mapping[str, str] | None =
     groups = {k: g for k, g in d.groupby(["benchmark", "metric", "variant"], sort=False)}
     visible_of: list[str] = []  # metric of each trace
     notes: list[tuple[str, dict[str, Any]]] = []  # (metric, annotation)
-    ref = table.reference
+    base = table.baseline
     for r, b in enumerate(benches, start=1):
         for c, v in enumerate(others, start=1):
             k = (r - 1) * nc + c
@@ -279,23 +277,23 @@ def paired_splits_plot(table: AblationTable, colours: Mapping[str, str] | None =
                 shown = m == metrics[0]
                 n = len(g)
                 xs = np.tile([0.0, 1.0, np.nan], n)
-                ys = np.column_stack([g["reference_value"], g["value"], np.full(n, np.nan)]).ravel()
-                custom = np.repeat(np.column_stack([g["split"].astype(int).astype(str), [_fmt(x) for x in g["reference_value"]],
+                ys = np.column_stack([g["baseline_value"], g["value"], np.full(n, np.nan)]).ravel()
+                custom = np.repeat(np.column_stack([g["split"].astype(int).astype(str), [_fmt(x) for x in g["baseline_value"]],
                                                     [_fmt(x) for x in g["value"]], [_fmt(x, 4, True) for x in g["delta"]]]), 3, axis=0)
                 fig.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines+markers", name=v, showlegend=False, visible=shown,
-                    line=dict(color=_rgba(col, 0.6), width=1.3), marker=dict(size=5.5, color=np.tile([REFERENCE_COLOUR, col, col], n)),
+                    line=dict(color=_rgba(col, 0.6), width=1.3), marker=dict(size=5.5, color=np.tile([BASELINE_COLOUR, col, col], n)),
                     customdata=custom,
-                    hovertemplate=f"<b>{v}</b> vs {ref} on {benchmark_label(b)}<br>split %{{customdata[0]}}: test {_mlabel(m)} "
-                                  f"{ref} %{{customdata[1]}} → {v} %{{customdata[2]}}<br>Δ %{{customdata[3]}}<extra></extra>",
+                    hovertemplate=f"<b>{v}</b> vs {base} on {benchmark_label(b)}<br>split %{{customdata[0]}}: test {metric_label(m)} "
+                                  f"{base} %{{customdata[1]}} → {v} %{{customdata[2]}}<br>Δ %{{customdata[3]}}<extra></extra>",
                 ), row=r, col=c)
                 visible_of.append(m)
-                med_r, med_v = float(np.median(g["reference_value"])), float(np.median(g["value"]))
+                med_b, med_v = float(np.median(g["baseline_value"])), float(np.median(g["value"]))
                 fig.add_trace(go.Scatter(
-                    x=[0.0, 1.0], y=[med_r, med_v], mode="lines+markers", name="median", showlegend=False, visible=shown,
-                    line=dict(color="#111", width=2.6), marker=dict(symbol="diamond", size=9, color=[REFERENCE_COLOUR, col],
+                    x=[0.0, 1.0], y=[med_b, med_v], mode="lines+markers", name="median", showlegend=False, visible=shown,
+                    line=dict(color="#111", width=2.6), marker=dict(symbol="diamond", size=9, color=[BASELINE_COLOUR, col],
                                                                     line=dict(width=1, color="#111")),
-                    hovertemplate=f"median over {n} paired splits: {ref} {med_r:.4f} → {v} {med_v:.4f}<extra></extra>",
+                    hovertemplate=f"median over {n} paired splits: {base} {med_b:.4f} → {v} {med_v:.4f}<extra></extra>",
                 ), row=r, col=c)
                 visible_of.append(m)
                 delta = float(np.median(g["delta"]))
@@ -304,10 +302,10 @@ def paired_splits_plot(table: AblationTable, colours: Mapping[str, str] | None =
                     text=f"Δ {_fmt(delta, 3, True)} · {down}↓ {up}↑", xref=f"x{k if k > 1 else ''} domain",
                     yref=f"y{k if k > 1 else ''} domain", x=0.5, y=1.0, xanchor="center", yanchor="bottom", showarrow=False,
                     font=dict(size=11, color="#9b1c1c" if delta < 0 else "#166534" if delta > 0 else "#555"), visible=shown)))
-            fig.update_xaxes(range=[-0.3, 1.3], tickvals=[0, 1], ticktext=["ref", "var"], showgrid=False, zeroline=False,
+            fig.update_xaxes(range=[-0.3, 1.3], tickvals=[0, 1], ticktext=["base", "var"], showgrid=False, zeroline=False,
                              tickfont=dict(size=10), row=r, col=c)
             fig.update_yaxes(nticks=4, tickfont=dict(size=10), row=r, col=c)
-        fig.update_yaxes(title_text=f"{benchmark_label(b)}<br>test {_mlabel(metrics[0])}", row=r, col=1)
+        fig.update_yaxes(title_text=f"{benchmark_label(b)}<br>test {metric_label(metrics[0])}", row=r, col=1)
     base = len(fig.layout.annotations)
     for _, a in notes:
         fig.add_annotation(**a)
@@ -319,12 +317,12 @@ def paired_splits_plot(table: AblationTable, colours: Mapping[str, str] | None =
             lay: dict[str, Any] = {f"annotations[{base + i}].visible": mm == m for i, (mm, _) in enumerate(notes)}
             for r, b in enumerate(benches, start=1):
                 k = (r - 1) * nc + 1
-                lay[f"yaxis{k if k > 1 else ''}.title.text"] = f"{benchmark_label(b)}<br>test {_mlabel(m)}"
-            buttons.append(dict(label=f"metric: {_mlabel(m)}", method="update", args=[{"visible": [mm == m for mm in visible_of]}, lay]))
+                lay[f"yaxis{k if k > 1 else ''}.title.text"] = f"{benchmark_label(b)}<br>test {metric_label(m)}"
+            buttons.append(dict(label=f"metric: {metric_label(m)}", method="update", args=[{"visible": [mm == m for mm in visible_of]}, lay]))
         fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.0, yanchor="bottom",
                                             showactive=True, active=0, bgcolor="#fff", bordercolor="#bbb", font=dict(size=12))])
     height = 150 + nr * 210
-    _style(fig, f"Per-split pairs: each line joins {ref} (left) and the variant (right) on one split", height, legend=False, top=120)
+    _style(fig, f"Per-split pairs: each line joins {base} (left) and the variant (right) on one split", height, legend=False, top=120)
     if len(metrics) > 1:
         fig.layout.updatemenus[0].y = 1.0 + 62 / max(1.0, height - 120 - 60)
     fig.update_layout(margin=dict(l=80))
@@ -403,8 +401,8 @@ def sweep_plot(exp: Experiment, per_split: pd.DataFrame, metrics: Sequence[str] 
     order = sorted(values, key=lambda v: values[v]) if numeric else list(values)
     benches = [b for b in (exp.meta.get("benchmarks") or list(dict.fromkeys(ok["benchmark"]))) if b in set(ok["benchmark"])]
     bcol = benchmark_colours(exp.meta.get("benchmarks") or benches)
-    ref = exp.meta.get("reference")
-    fig = make_subplots(rows=1, cols=len(metrics), horizontal_spacing=0.08, subplot_titles=[f"test {_mlabel(m)}" for m in metrics])
+    base = exp.meta.get("baseline")
+    fig = make_subplots(rows=1, cols=len(metrics), horizontal_spacing=0.08, subplot_titles=[f"test {metric_label(m)}" for m in metrics])
     for c, m in enumerate(metrics, start=1):
         for b in benches:
             g = ok[ok["benchmark"] == b]
@@ -416,22 +414,22 @@ def sweep_plot(exp: Experiment, per_split: pd.DataFrame, metrics: Sequence[str] 
                 x=xs, y=agg["median"], mode="lines+markers", name=benchmark_label(b), legendgroup=b, showlegend=c == 1,
                 line=dict(color=col, width=2.2), marker=dict(size=8, color=col),
                 customdata=np.column_stack([list(agg.index), agg["count"].astype(int), [_fmt(x) for x in agg["min"]], [_fmt(x) for x in agg["max"]]]),
-                hovertemplate=f"<b>{benchmark_label(b)}</b> %{{customdata[0]}}<br>{xtitle} = %{{x}}<br>median test {_mlabel(m)} %{{y:.4f}} "
+                hovertemplate=f"<b>{benchmark_label(b)}</b> %{{customdata[0]}}<br>{xtitle} = %{{x}}<br>median test {metric_label(m)} %{{y:.4f}} "
                               "over %{customdata[1]} splits<br>range [%{customdata[2]}, %{customdata[3]}]<extra></extra>",
             ), row=1, col=c)
             fig.add_trace(go.Scatter(
                 x=g["x"], y=g[m], mode="markers", name=f"{benchmark_label(b)} splits", legendgroup=b, showlegend=False,
                 marker=dict(size=5, color=_rgba(col, 0.55)),
                 customdata=np.column_stack([g["variant"], g["split"].astype(int)]),
-                hovertemplate=f"%{{customdata[0]}}, split %{{customdata[1]}}<br>test {_mlabel(m)} %{{y:.4f}}<extra>{benchmark_label(b)}</extra>",
+                hovertemplate=f"%{{customdata[0]}}, split %{{customdata[1]}}<br>test {metric_label(m)} %{{y:.4f}}<extra>{benchmark_label(b)}</extra>",
             ), row=1, col=c)
-        if ref in values and numeric:
-            fig.add_vline(x=values[ref], line=dict(color="#888", dash="dot", width=1.2), row=1, col=c)
+        if base in values and numeric:
+            fig.add_vline(x=values[base], line=dict(color="#888", dash="dot", width=1.2), row=1, col=c)
         fig.update_xaxes(title_text=xtitle, row=1, col=c)
-        fig.update_yaxes(title_text=f"test {_mlabel(m)} (selected epoch)", row=1, col=c)
+        fig.update_yaxes(title_text=f"test {metric_label(m)} (selected epoch)", row=1, col=c)
     if not numeric:
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=[values[v] for v in order])
-    note = f" (dotted: the reference {ref})" if ref in values and numeric else ""
+    note = f" (dotted: the baseline {base})" if base in values and numeric else ""
     _style(fig, f"Sweep of <b>{key}</b>: median over splits, band = min–max across splits{note}", 470)
     return fig
 
@@ -447,11 +445,11 @@ def fraction_plot(exp: Experiment, per_split: pd.DataFrame, colours: Mapping[str
         raise NoFigure("no finished trial")
     ok["pct"] = ok["fraction"].astype(float) * 100
     variants = [v for v in exp.meta.get("variants") or list(dict.fromkeys(ok["variant"])) if v in set(ok["variant"])]
-    colours = dict(colours or variant_colours(exp.meta.get("variants") or variants, exp.meta.get("reference")))
+    colours = dict(colours or variant_colours(exp.meta.get("variants") or variants, exp.meta.get("baseline")))
     benches = [b for b in exp.meta.get("benchmarks") or list(dict.fromkeys(ok["benchmark"])) if b in set(ok["benchmark"])]
     fig = make_subplots(rows=len(benches), cols=len(metrics), shared_xaxes=True, horizontal_spacing=0.08,
                         vertical_spacing=min(0.12, 0.35 / max(1, len(benches))),
-                        subplot_titles=[f"{benchmark_label(b)} · test {_mlabel(m)}" for b in benches for m in metrics])
+                        subplot_titles=[f"{benchmark_label(b)} · test {metric_label(m)}" for b in benches for m in metrics])
     agg = ok.groupby(["benchmark", "variant", "pct"])[list(metrics)].agg(["median", "min", "max", "count"])
     for r, b in enumerate(benches, start=1):
         for c, m in enumerate(metrics, start=1):
@@ -467,7 +465,7 @@ def fraction_plot(exp: Experiment, per_split: pd.DataFrame, colours: Mapping[str
                     x=xs, y=a["median"], mode="lines+markers", name=v, legendgroup=v, showlegend=(r == 1 and c == 1),
                     line=dict(color=col, width=2.2), marker=dict(size=7, color=col),
                     customdata=np.column_stack([a["count"].astype(int), [_fmt(x) for x in a["min"]], [_fmt(x) for x in a["max"]]]),
-                    hovertemplate=f"<b>{v}</b> on {benchmark_label(b)}<br>%{{x:g}}% of the training part<br>median test {_mlabel(m)} "
+                    hovertemplate=f"<b>{v}</b> on {benchmark_label(b)}<br>%{{x:g}}% of the training part<br>median test {metric_label(m)} "
                                   "%{y:.4f} over %{customdata[0]} splits<br>range [%{customdata[1]}, %{customdata[2]}]<extra></extra>",
                 ), row=r, col=c)
                 g = ok[(ok["benchmark"] == b) & (ok["variant"] == v)]
@@ -476,7 +474,7 @@ def fraction_plot(exp: Experiment, per_split: pd.DataFrame, colours: Mapping[str
                     marker=dict(size=5, color=_rgba(col, 0.5)), customdata=g["split"].astype(int),
                     hovertemplate=f"{v}, split %{{customdata}}: %{{y:.4f}}<extra></extra>",
                 ), row=r, col=c)
-            fig.update_yaxes(title_text=f"test {_mlabel(m)}", row=r, col=c)
+            fig.update_yaxes(title_text=f"test {metric_label(m)}", row=r, col=c)
             if r == len(benches):
                 fig.update_xaxes(title_text="training images used (% of the training part)", row=r, col=c)
     ticks = sorted({f * 100 for f in fractions})
@@ -512,7 +510,7 @@ def learning_curves(exp: Experiment, colours: Mapping[str, str] | None = None, m
     order_v = list(exp.meta.get("variants") or []) + list(dict.fromkeys(df["variant"].astype(str)))
     order_v = list(dict.fromkeys(order_v))
     series = sorted(df["series"].unique(), key=lambda s: (order_v.index(s.split(" · ")[0]) if s.split(" · ")[0] in order_v else 1e9, s))
-    colours = dict(colours or variant_colours(order_v, exp.meta.get("reference")))
+    colours = dict(colours or variant_colours(order_v, exp.meta.get("baseline")))
     ser_colour = {}
     for s in series:
         base = s.split(" · ")[0]
@@ -527,7 +525,7 @@ def learning_curves(exp: Experiment, colours: Mapping[str, str] | None = None, m
     band_idx: list[int] = []
     fig = make_subplots(rows=len(benches), cols=len(parts), shared_xaxes=True, horizontal_spacing=0.07,
                         vertical_spacing=min(0.1, 0.3 / max(1, len(benches))),
-                        subplot_titles=[f"{benchmark_label(b)} · {lab} {_mlabel(metric)}" for b in benches for _, lab in parts])
+                        subplot_titles=[f"{benchmark_label(b)} · {lab} {metric_label(metric)}" for b in benches for _, lab in parts])
     for r, b in enumerate(benches, start=1):
         for c, (p, lab) in enumerate(parts, start=1):
             col = f"{p}_{metric}"
@@ -547,10 +545,10 @@ def learning_curves(exp: Experiment, colours: Mapping[str, str] | None = None, m
                     x=xs, y=a["median"], mode="lines+markers", name=s, legendgroup=s, showlegend=(r == 1 and c == 1),
                     line=dict(color=colour, width=2), marker=dict(size=5, color=colour),
                     customdata=np.column_stack([a["count"].astype(int), [_fmt(x) for x in a["min"]], [_fmt(x) for x in a["max"]]]),
-                    hovertemplate=f"<b>{s}</b> · {benchmark_label(b)}<br>epoch %{{x:g}}: median {lab} {_mlabel(metric)} %{{y:.4f}}"
+                    hovertemplate=f"<b>{s}</b> · {benchmark_label(b)}<br>epoch %{{x:g}}: median {lab} {metric_label(metric)} %{{y:.4f}}"
                                   "<br>over %{customdata[0]} splits, range [%{customdata[1]}, %{customdata[2]}]<extra></extra>",
                 ), row=r, col=c)
-            fig.update_yaxes(title_text=f"{lab} {_mlabel(metric)}", row=r, col=c)
+            fig.update_yaxes(title_text=f"{lab} {metric_label(metric)}", row=r, col=c)
             if r == len(benches):
                 fig.update_xaxes(title_text="epoch", row=r, col=c)
     fig.update_xaxes(dtick=1 if df["epoch"].max() <= 12 else None)
@@ -584,9 +582,9 @@ def explain_files(exp: Experiment, filename: str, run: str | None = None) -> pd.
     for trial, r, variant, bench, split, status, path in zip(t["trial"], t["run"], t["variant"], t["benchmark"], t["split"], t["status"], t["path"]):
         if not isinstance(path, str):
             continue
-        found = sorted(Path(path).glob(f"checkpoint_*/explain/{filename}"))
-        if found:
-            rows.append({"trial": trial, "run": r, "variant": variant, "benchmark": bench, "split": split, "status": status, "file": found[-1]})
+        found = explain_file(path, filename)
+        if found is not None:
+            rows.append({"trial": trial, "run": r, "variant": variant, "benchmark": bench, "split": split, "status": status, "file": found})
     return pd.DataFrame(rows, columns=["trial", "run", "variant", "benchmark", "split", "status", "file"])
 
 
@@ -634,7 +632,7 @@ def expert_weights_plot(exp: Experiment, colours: Mapping[str, str] | None = Non
     st["trials"] = st.set_index(keys).index.map(g["trial"].nunique())
     variants = [v for v in list(exp.meta.get("variants") or []) + list(dict.fromkeys(st["variant"])) if v in set(st["variant"])]
     variants = list(dict.fromkeys(variants))
-    colours = dict(colours or variant_colours(exp.meta.get("variants") or variants, exp.meta.get("reference")))
+    colours = dict(colours or variant_colours(exp.meta.get("variants") or variants, exp.meta.get("baseline")))
     benches = [b for b in list(exp.meta.get("benchmarks") or []) + list(dict.fromkeys(st["benchmark"])) if b in set(st["benchmark"])]
     benches = list(dict.fromkeys(benches))
     titles = []
@@ -674,8 +672,6 @@ def _sig(a: np.ndarray, digits: int = 4) -> np.ndarray:
 
 
 def _image_uri(crop: np.ndarray) -> str:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(crop, dtype=np.uint8)).save(buf, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -689,7 +685,7 @@ def attention_maps(exp: Experiment, trial: str | None = None, expert: str | None
     refined maps show one expert: ``expert`` if given, else per image the expert with the largest
     DDWM weight (from the trial's expert_weights.csv; the first prompt when the trial has no
     DDWM); a menu switches the expert. Trial: ``trial`` if given, else a finished trial of the
-    reference row (else of any row) on the first benchmark, lowest split.
+    baseline row (else of any row) on the first benchmark, lowest split.
     """
     files = explain_files(exp, "attention.npz")
     if files.empty:
@@ -703,10 +699,10 @@ def attention_maps(exp: Experiment, trial: str | None = None, expert: str | None
         benches = list(exp.meta.get("benchmarks") or [])
         files = files.assign(
             _ok=(files["status"] != "ok").astype(int),
-            _ref=(files["variant"] != exp.meta.get("reference")).astype(int),
+            _base=(files["variant"] != exp.meta.get("baseline")).astype(int),
             _b=files["benchmark"].map(lambda b: benches.index(b) if b in benches else len(benches)),
             _s=pd.to_numeric(files["split"], errors="coerce").fillna(1e9),
-        ).sort_values(["_ok", "_ref", "_b", "_s", "trial"])
+        ).sort_values(["_ok", "_base", "_b", "_s", "trial"])
         row = files.iloc[0]
     with np.load(row["file"], allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
@@ -741,7 +737,6 @@ def attention_maps(exp: Experiment, trial: str | None = None, expert: str | None
     def img_map(i: int, e: int) -> np.ndarray:
         return image[i, e] if per_expert_image else image[i]
 
-    cols = ["crop", "prior", "image encoder", "refined"]
     titles = []
     for i in range(n):
         e = chosen[i]
@@ -832,8 +827,14 @@ def attention_maps(exp: Experiment, trial: str | None = None, expert: str | None
 
 
 def load_study(exp: Experiment):
-    """The stored Optuna study of a ``tune`` experiment (never creates one)."""
-    import optuna
+    """The stored Optuna study of a ``tune`` experiment, opened without creating one.
+
+    The report's only opener of a study. Tries ``meta["optuna_storage"]`` (an SQLAlchemy URL,
+    ``sqlite:///...`` or ``journal:<file>``), then ``optuna.db`` in the experiment folder, for
+    the study ``meta["study_name"]`` (else ``meta["spec"]["name"]``). Raises :class:`NoFigure`
+    naming every storage tried and why it failed.
+    """
+    import optuna  # heavy (SQLAlchemy, alembic): imported only when a tune report needs the study
 
     meta = exp.meta
     name = meta.get("study_name") or (meta.get("spec") or {}).get("name")
@@ -850,22 +851,10 @@ def load_study(exp: Experiment):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for u in dict.fromkeys(candidates):
         try:
-            if u.startswith("sqlite:///"):
-                f = Path(u[len("sqlite:///"):])
-                if not f.is_file():
-                    reasons.append(f"{f} does not exist")
-                    continue
-                storage: Any = u
-            elif u.startswith("journal:"):
-                f = Path(u[len("journal:"):])
-                if not f.is_file():
-                    reasons.append(f"{f} does not exist")
-                    continue
-                from optuna.storages.journal import JournalFileBackend
-
-                storage = optuna.storages.JournalStorage(JournalFileBackend(str(f)))
-            else:
-                storage = u
+            for prefix in ("sqlite:///", "journal:"):
+                if u.startswith(prefix) and not Path(u[len(prefix):]).is_file():
+                    raise FileNotFoundError(f"{u[len(prefix):]} does not exist")
+            storage = open_study_storage(u)
             return optuna.load_study(study_name=name, storage=storage)
         except Exception as exc:  # an unreachable database, a renamed study: say so in the report
             reasons.append(f"{u}: {type(exc).__name__}: {exc}")
@@ -873,14 +862,14 @@ def load_study(exp: Experiment):
 
 
 def _completed(study) -> list:
-    import optuna
+    import optuna  # heavy: only for tune reports (see load_study)
 
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
 def optimization_history(study, objective: str = "objective") -> go.Figure:
     """Optuna's optimisation history: each trial's objective and the best so far."""
-    import optuna.visualization as ov
+    import optuna.visualization as ov  # heavy: only for tune reports (see load_study)
 
     if not _completed(study):
         raise NoFigure("no search trial completed")
@@ -902,7 +891,7 @@ def param_importances(study, objective: str = "objective") -> go.Figure:
     The top quantile is 10% or enough to hold 5 trials, at most half; with fewer than 10
     completed trials importances are not estimated (NoFigure says so).
     """
-    import optuna.visualization as ov
+    import optuna.visualization as ov  # heavy: only for tune reports (see load_study)
     from optuna.importance import PedAnovaImportanceEvaluator
 
     done = _completed(study)
@@ -928,7 +917,7 @@ def param_importances(study, objective: str = "objective") -> go.Figure:
 
 def parallel_coordinates(study, objective: str = "objective") -> go.Figure:
     """Optuna's parallel coordinates of the completed trials, coloured by the objective."""
-    import optuna.visualization as ov
+    import optuna.visualization as ov  # heavy: only for tune reports (see load_study)
 
     if not _completed(study):
         raise NoFigure("no search trial completed")
@@ -938,7 +927,7 @@ def parallel_coordinates(study, objective: str = "objective") -> go.Figure:
 
 def slices(study, objective: str = "objective") -> go.Figure:
     """Optuna's slice plot: the objective against each parameter."""
-    import optuna.visualization as ov
+    import optuna.visualization as ov  # heavy: only for tune reports (see load_study)
 
     if not _completed(study):
         raise NoFigure("no search trial completed")

@@ -24,10 +24,12 @@ import plotly.graph_objects as go
 import plotly.offline
 import yaml
 
+from drx.data.benchmarks import benchmark_label
+from drx.experiment import Experiment
 from drx.report import figures as F
-from drx.report import tables as T
-from drx.report.results import Experiment
-from drx.report.tables import AblationTable, benchmark_label, metric_label
+from drx.report.protocol import protocol_note
+from drx.report.render import static_text
+from drx.report.tables import AblationTable, render_table
 
 __all__ = ["write_report", "PLOTLY_CONFIG", "STATUS_ORDER"]
 
@@ -165,7 +167,7 @@ HOW_TO_READ = """
 <ul>
 <li><b>Values</b>: each cell is the median over the splits of the test metric at each trial's selected epoch
 (the protocol under the table says which epoch). <b>Bold</b>: the best value of its column.</li>
-<li><b>Δ to the reference</b>: the median over the splits both rows finished of (row − reference row), with its
+<li><b>Δ to the baseline</b>: the median over the splits both rows finished of (row − baseline row), with its
 {pct} percentile-bootstrap interval in brackets. A gain that is real shows an interval that excludes 0.</li>
 <li><b>p</b>: exact two-sided Wilcoxon signed-rank test on those paired per-split differences, Holm-corrected
 within each column (one benchmark × one metric). Green/red: p &lt; 0.05 with a gain/loss. With fewer than 6
@@ -177,77 +179,13 @@ interrupted). <b>—</b>: no usable split. Failed trials are never dropped silen
 """
 
 
-def _value_cell(c: pd.Series, table: AblationTable) -> str:
-    if int(c["n_ok"]) == 0:
-        why = T._missing_text(c) or "no splits"
-        return f'<td class="gap" title="no usable split">—<small>{esc(why)}</small></td>'
-    num = _num(c["value"], table.digits)
-    text = f"<b>{num}</b>" if bool(c["is_best"]) else num
-    if table.aggregate == "mean" and np.isfinite(c["std"]):
-        text += f" ± {_num(c['std'], table.digits)}"
-    title = f"n={int(c['n_ok'])}/{int(c['n_expected'])} splits; IQR {_num(c['iqr'], 4)}"
-    extra = ""
-    cls = "num"
-    if int(c["n_ok"]) < int(c["n_expected"]):
-        extra = f"<small>n={int(c['n_ok'])}/{int(c['n_expected'])}: {esc(T._missing_text(c))}</small>"
-        cls += " partial"
-    return f'<td class="{cls}" title="{esc(title)}">{text}{extra}</td>'
-
-
-def _delta_cell(c: pd.Series, table: AblationTable) -> str:
-    n = 0 if pd.isna(c["n_paired"]) else int(c["n_paired"])
-    n_exp = int(c["n_expected"])
-    if n == 0:
-        return '<td class="gap">—<small>no paired splits</small></td>'
-    d = _num(c["delta_median"], table.digits, signed=True)
-    if n < 2:
-        return f'<td class="num">{d}<small>n={n}/{n_exp}, no test</small></td>'
-    p = float(c["p_holm"])
-    cls = "num"
-    if np.isfinite(p) and p < 0.05:
-        cls += " sig-pos" if c["delta_median"] > 0 else " sig-neg" if c["delta_median"] < 0 else ""
-    title = (f"median Δ {_num(c['delta_median'], 4, True)}, mean Δ {_num(c['delta_mean'], 4, True)}; "
-             f"raw p {T._p_text(float(c['p_raw'])) if np.isfinite(float(c['p_raw'])) else '—'}; Holm p {T._p_text(p) if np.isfinite(p) else '—'}; "
-             f"rank-biserial {_num(c['rbc'], 2, True)}; {c['test_method']}")
-    ci = f"[{_num(c['ci_low'], table.digits, True)}, {_num(c['ci_high'], table.digits, True)}]"
-    ptxt = f"p={T._p_text(p)}" if np.isfinite(p) else "p —"
-    ntxt = f" · n={n}/{n_exp}" if n < n_exp else ""
-    return f'<td class="{cls}" title="{esc(title)}">{d}<small>{ci}</small><small>{ptxt}{ntxt}</small></td>'
-
-
 def table_html(table: AblationTable, colours: dict[str, str]) -> str:
-    """An AblationTable as two HTML tables (values; Δ to the reference) and its notes."""
-    cells = {(r.variant, r.benchmark, r.metric): r for r in table.cells.itertuples(index=False)}
-    cells = {k: pd.Series(v._asdict()) for k, v in cells.items()}
-    k = len(table.metrics)
-    head1 = "<th rowspan=2>Variant</th>" + "".join(f'<th colspan="{k}" class="bench">{esc(benchmark_label(b))}</th>' for b in table.benchmarks)
-    head2 = "".join(f"<th>{esc(metric_label(m))}</th>" for _ in table.benchmarks for m in table.metrics)
+    """An AblationTable as two HTML tables (values; Δ to the baseline) and its notes.
 
-    def name(v: str) -> str:
-        tag = ' <span class="tag">reference</span>' if v == table.reference else ""
-        return f'<th class="row">{_dot(colours.get(v, "#888"))}{esc(v)}{tag}</th>'
-
-    values = "".join(
-        "<tr>" + name(v) + "".join(_value_cell(cells[(v, b, m)], table) for b in table.benchmarks for m in table.metrics) + "</tr>"
-        for v in table.variants
-    )
-    out = []
-    if table.title:
-        out.append(f"<h3>{esc(table.title)}</h3>")
-    out.append(f'<div class="scroll"><table class="abl"><thead><tr>{head1}</tr><tr>{head2}</tr></thead><tbody>{values}</tbody></table></div>')
-    others = [v for v in table.variants if v != table.reference]
-    if others:
-        deltas = "".join(
-            "<tr>" + name(v) + "".join(_delta_cell(cells[(v, b, m)], table) for b in table.benchmarks for m in table.metrics) + "</tr>"
-            for v in others
-        )
-        out.append(f'<p class="tcap">Δ to <b>{esc(table.reference)}</b>: median Δ over paired splits, '
-                   f'[{100 * table.confidence:g}% bootstrap CI], Holm-adjusted p</p>')
-        out.append(f'<div class="scroll"><table class="abl delta"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
-                   f"<tbody>{deltas}</tbody></table></div>")
-    notes = T._notes(table, esc, "2/2<sup>n</sup>")
-    out.append('<ul class="notes">' + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
-    return "\n".join(out)
+    ``colours`` maps a variant to the CSS colour of its dot (``#888`` for one it lacks); the
+    markup comes from ``templates/table.html.j2``.
+    """
+    return render_table(table, "html", colours=colours).rstrip("\n")
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -260,8 +198,6 @@ def _status_badges(counts: dict[str, int]) -> str:
 
 def _summary(exp: Experiment, trials: pd.DataFrame, selection: str) -> str:
     meta = exp.meta
-    from drx.report.commands import protocol_text
-
     counts = {k: int(v) for k, v in trials["status"].value_counts().items()}
     total = int(sum(counts.values()))
     runs = meta.get("runs") or []
@@ -274,7 +210,7 @@ def _summary(exp: Experiment, trials: pd.DataFrame, selection: str) -> str:
     facts: list[tuple[str, Any]] = [("kind", meta.get("kind")), ("created", meta.get("created"))]
     if meta.get("kind") == "ablate":
         facts += [
-            ("reference row", meta.get("reference")),
+            ("baseline row", meta.get("baseline")),
             ("variants", f"{len(meta.get('variants') or [])}: " + ", ".join(meta.get("variants") or [])),
             ("benchmarks", ", ".join(benchmark_label(b) for b in meta.get("benchmarks") or [])),
             ("splits", _text(meta.get("splits"))),
@@ -296,11 +232,11 @@ def _summary(exp: Experiment, trials: pd.DataFrame, selection: str) -> str:
     facts += [
         ("trials", _Raw(f"{total} &nbsp; " + _status_badges(counts))),
         ("epochs reported", f"{len(exp.epochs[exp.epochs['epoch'].notna()]) if 'epoch' in exp.epochs else 0} (by {planned} trials)"),
-        ("epoch selection", protocol_text(exp, selection)),
+        ("epoch selection", protocol_note(exp, selection)),
         ("wall time", _duration(wall) + (f" (trial time summed: {_duration(compute)})" if compute else "")),
     ]
     if meta.get("synthetic"):
-        facts.append(("synthetic", "yes: written by drx.report.synthetic for tests and benchmarks, not a training run"))
+        facts.append(("synthetic", "yes: written by drx.testing.synthetic for tests and benchmarks, not a training run"))
     out = [_kv_table(facts, "kv summary")]
     bad = trials[trials["status"] != "ok"]
     if meta.get("kind") == "tune":
@@ -340,7 +276,7 @@ def _provenance(exp: Experiment, colours: dict[str, str]) -> str:
         ("spec file", meta.get("spec_file")),
         ("fingerprint", meta.get("fingerprint")),
         ("git commit", meta.get("git_commit")),
-        ("protocol", meta.get("protocol")),
+        ("train.select_on", meta.get("select_on")),
         ("model.compat", meta.get("compat")),
     ]
     out.append(_kv_table(facts))
@@ -369,21 +305,21 @@ def _provenance(exp: Experiment, colours: dict[str, str]) -> str:
         if variants:
             rows_html = "".join(
                 f"<tr><th class='row'>{_dot(colours.get(v, '#888'))}{esc(v)}"
-                f"{' <span class=tag>reference</span>' if v == meta.get('reference') else ''}</th>"
+                f"{' <span class=tag>baseline</span>' if v == meta.get('baseline') else ''}</th>"
                 f"<td class='mono'>{esc(_overrides_text(o))}</td></tr>"
                 for v, o in variants.items()
             )
             out.append(f"<h3>Variants (dotted overrides of the base config)</h3><table class='data'><tbody>{rows_html}</tbody></table>")
         base_cfg, base_from = None, ""
-        ref = meta.get("reference")
+        baseline = meta.get("baseline")
         for p in exp.plan:
-            if p.get("variant") == ref:
+            if p.get("variant") == baseline:
                 base_cfg, base_from = p.get("config"), p.get("name")
                 break
         if base_cfg is None and exp.plan:
             base_cfg, base_from = exp.plan[0].get("config"), exp.plan[0].get("name")
         if base_cfg is not None:
-            out.append(f"<h3>Resolved config</h3><details><summary>config of trial {esc(str(base_from))} (the reference row; "
+            out.append(f"<h3>Resolved config</h3><details><summary>config of trial {esc(str(base_from))} (the baseline row; "
                        "other rows differ by the overrides above, other trials by split index and name)</summary>"
                        f"<pre>{esc(yaml.safe_dump(base_cfg, sort_keys=False))}</pre></details>")
     else:
@@ -415,69 +351,6 @@ def _provenance(exp: Experiment, colours: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------- document
 
 
-CSS = """
-:root { --fg:#1d2430; --muted:#5b6574; --line:#e3e7ee; --bg:#fff; --soft:#f6f8fb; --accent:#1f5fbf; }
-* { box-sizing: border-box; }
-body { margin:0; font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-       color:var(--fg); background:var(--bg); font-size:15px; line-height:1.5; }
-.layout { display:grid; grid-template-columns: 250px minmax(0,1fr); gap:0; }
-nav.toc { position:sticky; top:0; align-self:start; height:100vh; overflow:auto; padding:22px 16px 22px 22px;
-          border-right:1px solid var(--line); background:var(--soft); font-size:13.5px; }
-nav.toc .brand { font-weight:700; font-size:15px; margin-bottom:2px; }
-nav.toc .sub { color:var(--muted); margin-bottom:14px; word-break:break-word; }
-nav.toc ol { list-style:none; padding:0; margin:0; }
-nav.toc li { margin:3px 0; }
-nav.toc ol ol { padding-left:12px; border-left:2px solid var(--line); margin:2px 0 8px 4px; }
-nav.toc a { color:var(--fg); text-decoration:none; }
-nav.toc a:hover { color:var(--accent); text-decoration:underline; }
-main { padding:26px 40px 80px; max-width:1320px; }
-h1 { font-size:28px; margin:0 0 4px; letter-spacing:-0.01em; }
-h1 + .lead { color:var(--muted); margin:0 0 18px; }
-h2 { font-size:21px; margin:42px 0 12px; padding-bottom:6px; border-bottom:2px solid var(--line); }
-h3 { font-size:16.5px; margin:26px 0 8px; }
-section.fig-group > h3 { margin-top:30px; }
-p.intro { color:var(--muted); max-width:900px; margin:4px 0 12px; }
-table { border-collapse:collapse; font-size:13.5px; }
-.scroll { overflow-x:auto; margin:6px 0 4px; }
-table.kv th { text-align:left; color:var(--muted); font-weight:500; padding:3px 18px 3px 0; vertical-align:top; white-space:nowrap; }
-table.kv td { padding:3px 0; }
-table.abl, table.data { border-top:2px solid #333; border-bottom:2px solid #333; }
-table.abl th, table.abl td, table.data th, table.data td { padding:5px 10px; border-bottom:1px solid var(--line); }
-table.abl thead th, table.data thead th { border-bottom:1px solid #333; font-weight:600; text-align:center; white-space:nowrap; }
-table.abl thead th.bench { border-bottom:1px solid #999; }
-table.abl th.row, table.data th.row { text-align:left; font-weight:600; white-space:nowrap; }
-td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
-td small { display:block; color:var(--muted); font-size:11.5px; line-height:1.25; }
-td.gap { color:#9a3412; text-align:center; background:#fff7ed; }
-td.partial { background:#fffbeb; }
-td.sig-pos { background:#ecfdf3; } td.sig-neg { background:#fef2f2; }
-table.data td { vertical-align:top; }
-table.problems td:last-child { color:#9a3412; max-width:520px; }
-.tag { display:inline-block; font-size:11px; font-weight:600; padding:0 6px; border-radius:8px; background:#e8eefb; color:#1f4aa8; margin-left:4px; }
-.dot { display:inline-block; width:10px; height:10px; border-radius:50%; margin-right:7px; vertical-align:baseline; }
-.badge { display:inline-block; padding:1px 9px; border-radius:10px; font-size:12.5px; font-weight:600; margin-right:3px; background:#eef1f5; }
-.st-ok { background:#e7f6ec; color:#166534; } .st-failed { background:#fde8e8; color:#9b1c1c; }
-.st-diverged { background:#fdf0e1; color:#9a3412; } .st-missing { background:#eceff3; color:#4b5563; }
-.st-stopped { background:#e8eefb; color:#1f4aa8; } .st-unfinished { background:#fef9c3; color:#854d0e; }
-.tcap { margin:14px 0 2px; color:var(--muted); font-size:13.5px; }
-ul.notes { color:var(--muted); font-size:12.5px; margin:8px 0 0; padding-left:18px; max-width:1000px; }
-.howto { background:var(--soft); border:1px solid var(--line); border-radius:8px; padding:10px 16px; font-size:13.5px; max-width:1000px; }
-.howto ul { margin:6px 0 2px; padding-left:18px; }
-figure.fig { margin:10px 0 26px; padding:10px 12px 8px; border:1px solid var(--line); border-radius:10px; background:#fff; }
-figure.fig figcaption { color:var(--muted); font-size:13px; padding:6px 6px 2px; max-width:1050px; }
-p.skip { color:var(--muted); font-style:italic; margin:8px 0; }
-p.error { color:#9b1c1c; background:#fef2f2; padding:8px 12px; border-radius:6px; }
-pre { background:var(--soft); border:1px solid var(--line); border-radius:6px; padding:12px; font-size:12.5px; overflow:auto; max-height:560px; }
-.mono, pre { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
-p.mono { font-size:12.5px; }
-details summary { cursor:pointer; color:var(--accent); }
-footer { margin-top:50px; color:var(--muted); font-size:12.5px; border-top:1px solid var(--line); padding-top:10px; }
-@media (max-width: 1100px) { .layout { display:block; } nav.toc { position:static; height:auto; border-right:none; border-bottom:1px solid var(--line); }
-  main { padding:20px; } }
-@media print { nav.toc { display:none; } .layout { display:block; } }
-"""
-
-
 def _toc(sections: Sequence[_Section]) -> str:
     items = []
     for s in sections:
@@ -503,7 +376,7 @@ def _render_section(s: _Section) -> str:
 def _table_colours(table: AblationTable, colours: dict[str, str]) -> dict[str, str]:
     """The experiment's variant colours, plus colours for rows only this table has (data-efficiency
     tables name their rows by training fraction)."""
-    out = F.variant_colours(table.variants, table.reference)
+    out = F.variant_colours(table.variants, table.baseline)
     out.update({v: colours[v] for v in table.variants if v in colours})
     return out
 
@@ -519,7 +392,7 @@ def write_report(exp: Experiment, out_dir: str | Path, tables: Sequence[Ablation
     tables = list(tables)
     if kind == "ablate":
         order = list(meta.get("variants") or dict.fromkeys(trials["variant"].dropna()))
-        colours = F.variant_colours(order, meta.get("reference"))
+        colours = F.variant_colours(order, meta.get("baseline"))
     else:
         colours = F.variant_colours(list(meta.get("confirm_candidates") or []))
     sections: list[_Section] = []
@@ -538,7 +411,7 @@ def write_report(exp: Experiment, out_dir: str | Path, tables: Sequence[Ablation
         sections.append(tab)
 
         mods = _Section("contributions", "Module contributions",
-                        intro="Each row's Δ to the reference row per benchmark: a marker left of the dashed zero line means removing or "
+                        intro="Each row's Δ to the baseline row per benchmark: a marker left of the dashed zero line means removing or "
                               "changing that part lowers the score.")
         pairs = _Section("per-split", "Per-split comparisons",
                          intro="Medians can hide one lucky split: here every split is one line, so a consistent effect shows as "
@@ -549,15 +422,15 @@ def write_report(exp: Experiment, out_dir: str | Path, tables: Sequence[Ablation
             suffix = f"-{i + 1}" if many else ""
             label = f" ({t.title})" if many and t.title else ""
             mods.items.append(figs.item(
-                f"forest{suffix}", f"Δ to {t.reference}{label}",
-                f"Median over the paired splits of Δ = variant − <b>{esc(t.reference)}</b> (marker) with its {100 * t.confidence:g}% "
+                f"forest{suffix}", f"Δ to {t.baseline}{label}",
+                f"Median over the paired splits of Δ = variant − <b>{esc(t.baseline)}</b> (marker) with its {100 * t.confidence:g}% "
                 "percentile-bootstrap interval (bar), per benchmark (colour). Filled markers: Holm-corrected exact Wilcoxon p &lt; 0.05; "
                 "open: not significant; grey ×: no split where both finished. Hover for the p-values and the number of paired splits.",
                 lambda t=t, c=tcol: F.forest_plot(t, colours=c)))
             pairs.items.append(figs.item(
                 f"paired-splits{suffix}", f"Per-split pairs{label}",
                 f"One panel per variant (columns) and benchmark (rows), each with its own y range: one line per split from "
-                f"<b>{esc(t.reference)}</b>'s test score (dark dot, left) to the variant's (coloured dot, right); black diamonds join the "
+                f"<b>{esc(t.baseline)}</b>'s test score (dark dot, left) to the variant's (coloured dot, right); black diamonds join the "
                 "medians. Above each panel: the median Δ and how many splits went down (↓) or up (↑). The menu switches SRCC/PLCC. "
                 "Only splits where both trials finished are drawn.",
                 lambda t=t, c=tcol: F.paired_splits_plot(t, c)))
@@ -668,7 +541,8 @@ def write_report(exp: Experiment, out_dir: str | Path, tables: Sequence[Ablation
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title>
 <meta name="generator" content="drx report">
-<style>{CSS}</style>
+<style>
+{static_text('report.css')}</style>
 <script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>
 </head><body>
 <div class="layout">

@@ -1,7 +1,7 @@
-"""Paired statistics of ablation rows against a reference row, split by split.
+"""Paired statistics of ablation rows against a baseline row, split by split.
 
 Every variant of an ablation is trained and tested on the same persisted splits, so the unit of
-comparison is the per-split difference Δ = variant − reference. This module turns those
+comparison is the per-split difference Δ = variant − baseline. This module turns those
 differences into the numbers an ablation table shows: the median Δ, a percentile-bootstrap
 interval of it, an exact two-sided Wilcoxon signed-rank p-value, its Holm adjustment within one
 table column, and the matched-pairs rank-biserial effect size.
@@ -31,7 +31,7 @@ __all__ = [
     "can_reach",
     "holm",
     "rank_biserial",
-    "compare_to_reference",
+    "compare_to_baseline",
 ]
 
 #: With fewer paired splits than this, the exact two-sided Wilcoxon floor 2/2^n is above 0.05
@@ -69,17 +69,17 @@ def _finite(values: Iterable[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
-def paired_deltas(variant_values: pd.Series, reference_values: pd.Series) -> pd.Series:
-    """Per-split Δ = variant − reference, only on splits where both values are finite.
+def paired_deltas(variant_values: pd.Series, baseline_values: pd.Series) -> pd.Series:
+    """Per-split Δ = variant − baseline, only on splits where both values are finite.
 
     Both series are indexed by split; the result is indexed by the shared splits, sorted.
     """
-    for name, s in (("variant_values", variant_values), ("reference_values", reference_values)):
+    for name, s in (("variant_values", variant_values), ("baseline_values", baseline_values)):
         if s.index.has_duplicates:
             dup = sorted(set(s.index[s.index.duplicated()].tolist()))
             raise DataError(f"{name} has more than one value for split(s) {dup}")
     v = pd.to_numeric(variant_values, errors="coerce").astype(float)
-    r = pd.to_numeric(reference_values, errors="coerce").astype(float)
+    r = pd.to_numeric(baseline_values, errors="coerce").astype(float)
     v = v[np.isfinite(v.to_numpy())]
     r = r[np.isfinite(r.to_numpy())]
     shared = v.index.intersection(r.index).sort_values()
@@ -200,7 +200,7 @@ def rank_biserial(deltas: Sequence[float] | pd.Series) -> float:
 
     Ranks are those of |Δ| among non-zero differences (average ranks for ties, zeros dropped as
     in the Wilcoxon test). +1: every split favours the variant; −1: every split favours the
-    reference. NaN without data; 0 when all differences are zero (no direction).
+    baseline. NaN without data; 0 when all differences are zero (no direction).
     """
     d = np.round(_finite(deltas), _ROUND_DECIMALS)
     if d.size == 0:
@@ -214,9 +214,9 @@ def rank_biserial(deltas: Sequence[float] | pd.Series) -> float:
     return float((r_plus - r_minus) / (r_plus + r_minus))
 
 
-def compare_to_reference(
+def compare_to_baseline(
     per_split: pd.DataFrame,
-    reference: str,
+    baseline: str,
     metric: str,
     benchmark: str,
     variants: Sequence[str] | None = None,
@@ -226,16 +226,16 @@ def compare_to_reference(
     n_resamples: int = 9999,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Paired comparison of each non-reference variant with ``reference`` on one table column.
+    """Paired comparison of each non-baseline variant with ``baseline`` on one table column.
 
     ``per_split`` is the tidy frame (``variant, benchmark, split, status, <metric>``); only rows
     of ``benchmark`` with status ``"ok"`` and a finite ``metric`` count, optionally restricted to
-    ``splits``. Returns one row per non-reference variant (index ``variant``, in the order of
+    ``splits``. Returns one row per non-baseline variant (index ``variant``, in the order of
     ``variants`` or of appearance) with: ``n_paired``, ``deltas`` (per-split Series),
     ``delta_median``, ``delta_mean``, ``ci_low``, ``ci_high``, ``statistic``, ``p_raw``,
     ``p_holm``, ``rbc``, ``test_method``.
 
-    The Holm family is the set of non-reference rows of this one column (one benchmark × one
+    The Holm family is the set of non-baseline rows of this one column (one benchmark × one
     metric): that is the set of claims a reader makes when scanning a column ("removing X hurts
     on KonIQ SRCC"). Columns are not pooled: SRCC and PLCC of one benchmark are nearly the same
     measurement, and pooling them would double-count. With fewer than 2 paired splits no
@@ -264,15 +264,15 @@ def compare_to_reference(
     }
     if variants is None:
         variants = list(dict.fromkeys(per_split["variant"].tolist()))
-    if reference not in variants:
-        variants = [reference, *variants]
-    ref_vals = values.get(reference, pd.Series(dtype=float))
+    if baseline not in variants:
+        variants = [baseline, *variants]
+    base_vals = values.get(baseline, pd.Series(dtype=float))
 
     records = []
     for v in variants:
-        if v == reference:
+        if v == baseline:
             continue
-        d = paired_deltas(values.get(v, pd.Series(dtype=float)), ref_vals)
+        d = paired_deltas(values.get(v, pd.Series(dtype=float)), base_vals)
         n = int(d.size)
         if n >= 2:
             low, high = bootstrap_median_ci(d, confidence, n_resamples, seed)

@@ -3,78 +3,63 @@
 Input: one row per trial at its selected epoch with columns ``variant, benchmark, split, status``
 and metric columns (``srcc``, ``plcc``, optionally ``krcc``, ``rmse``). A cell of the table is one
 (variant, benchmark, metric): its aggregate over splits, how many splits stand behind it, why the
-others are absent, and (for every row but the reference) the paired comparison with the
-reference row computed by :mod:`drx.report.stats`.
+others are absent, and (for every row but the baseline) the paired comparison with the
+baseline row computed by :mod:`drx.report.stats`.
+
+Rendering: :func:`cell_view` computes once what a cell shows (its numbers as text, the bold
+marker, the ± and the interval, the p text, the gap text) and :func:`table_notes` the notes; the
+templates ``drx/report/templates/table.{md,tex,html}.j2`` only typeset them.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from drx.data.benchmarks import benchmark_label
 from drx.errors import DataError
+from drx.metrics import HIGHER_IS_BETTER, metric_label
 from drx.report import stats as st
+from drx.report.render import latex_escape, render
 
 __all__ = [
-    "HIGHER_IS_BETTER",
     "AblationTable",
+    "CellView",
+    "Note",
     "build_ablation_table",
     "per_split_deltas_frame",
-    "benchmark_label",
-    "metric_label",
+    "cell_view",
+    "cell_views",
+    "table_notes",
+    "render_table",
+    "latex_escape",
     "to_markdown",
     "to_latex",
     "to_csv",
     "write_table",
 ]
 
-#: Direction of each metric known to the tables ("best" is the max for True, the min for False).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "srcc": True,
-    "plcc": True,
-    "krcc": True,
-    "rmse": False,
-    "mae": False,
-}
-
-_BENCHMARK_LABELS = {
-    "koniq": "KonIQ",
-    "livec": "LIVEC",
-    "spaq": "SPAQ",
-    "livefb": "LIVE-FB",
-    "bid": "BID",
-    "embedded": "Embedded",
-    "csv": "CSV",
-}
-
 _CELL_COLUMNS = [
-    "variant", "benchmark", "metric", "is_reference", "value", "std", "iqr",
+    "variant", "benchmark", "metric", "is_baseline", "value", "std", "iqr",
     "n_expected", "n_ok", "n_failed", "failed_kinds", "n_missing", "n_paired",
     "delta_median", "delta_mean", "ci_low", "ci_high", "p_raw", "p_holm", "rbc",
     "test_method", "is_best",
 ]
 
-_DELTA_COLUMNS = ["variant", "benchmark", "metric", "split", "value", "reference_value", "delta"]
+_DELTA_COLUMNS = ["variant", "benchmark", "metric", "split", "value", "baseline_value", "delta"]
 
 # Status of a row whose trial finished but whose metric is not a number (e.g. SRCC of constant
 # predictions): it is counted with the failures so the cell explains the gap.
 _NO_VALUE = "no value"
 
-
-def benchmark_label(name: str) -> str:
-    """Display name of a benchmark key: ``"livefb→koniq"`` → ``"LIVE-FB→KonIQ"``."""
-    parts = str(name).replace("->", "→").split("→")
-    return "→".join(_BENCHMARK_LABELS.get(p.strip().lower(), p.strip()) for p in parts)
-
-
-def metric_label(metric: str) -> str:
-    """Display name of a metric column (``"srcc"`` → ``"SRCC"``)."""
-    return str(metric).upper()
+# A Holm-adjusted p below this colours a Δ cell of the HTML report as a gain or a loss.
+_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,15 +67,16 @@ class AblationTable:
     """An ablation table: the long ``cells`` frame plus what the renderers need to print it.
 
     ``cells`` has one row per (variant, benchmark, metric) with columns ``variant, benchmark,
-    metric, is_reference, value, std, iqr, n_expected, n_ok, n_failed, failed_kinds, n_missing,
+    metric, is_baseline, value, std, iqr, n_expected, n_ok, n_failed, failed_kinds, n_missing,
     n_paired, delta_median, delta_mean, ci_low, ci_high, p_raw, p_holm, rbc, test_method,
-    is_best``. ``deltas`` is :func:`per_split_deltas_frame` of the same input.
+    is_best``. ``deltas`` is :func:`per_split_deltas_frame` of the same input. ``baseline`` is
+    the row every Δ is computed against (one of ``variants``).
     """
 
     cells: pd.DataFrame
     deltas: pd.DataFrame
     variants: tuple[str, ...]
-    reference: str
+    baseline: str
     benchmarks: tuple[str, ...]
     metrics: tuple[str, ...]
     aggregate: str
@@ -184,12 +170,12 @@ def _prepare(
     return frame, benchmarks, expected
 
 
-def _check_args(variants: Sequence[str], reference: str, metrics: Sequence[str], aggregate: str):
+def _check_args(variants: Sequence[str], baseline: str, metrics: Sequence[str], aggregate: str):
     variants = [str(v) for v in variants]
     if len(set(variants)) != len(variants):
         raise ValueError(f"variants must be unique, got {variants}")
-    if reference not in variants:
-        raise ValueError(f"reference {reference!r} is not one of the variants {variants}")
+    if baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} is not one of the variants {variants}")
     unknown = [m for m in metrics if m not in HIGHER_IS_BETTER]
     if unknown:
         raise ValueError(
@@ -208,38 +194,38 @@ def _kinds_text(kinds: Counter) -> str:
 def per_split_deltas_frame(
     per_split: pd.DataFrame,
     variants: Sequence[str],
-    reference: str,
+    baseline: str,
     metrics: Sequence[str] = ("srcc", "plcc"),
     expected_splits: Mapping[str, Iterable[int]] | Iterable[int] | None = None,
     benchmarks: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Long frame of paired per-split differences, for paired dot plots.
 
-    Columns ``variant, benchmark, metric, split, value, reference_value, delta`` (Δ = value −
-    reference_value), one row per non-reference variant and split where both trials are "ok"
+    Columns ``variant, benchmark, metric, split, value, baseline_value, delta`` (Δ = value −
+    baseline_value), one row per non-baseline variant and split where both trials are "ok"
     with a finite metric.
     """
     metrics = tuple(metrics)
-    variants = _check_args(variants, reference, metrics, "median")
+    variants = _check_args(variants, baseline, metrics, "median")
     frame, benchmarks, expected = _prepare(
         per_split, variants, metrics, expected_splits, benchmarks
     )
-    return _deltas_long(frame, variants, reference, metrics, benchmarks, expected)
+    return _deltas_long(frame, variants, baseline, metrics, benchmarks, expected)
 
 
-def _deltas_long(frame, variants, reference, metrics, benchmarks, expected) -> pd.DataFrame:
+def _deltas_long(frame, variants, baseline, metrics, benchmarks, expected) -> pd.DataFrame:
     ok = frame[(frame["status"] == "ok") & frame["variant"].isin(variants)]
     parts = []
     for b in benchmarks:
         rows = ok[(ok["benchmark"] == b) & ok["split"].isin(expected[b])]
         for m in metrics:
             wide = rows.pivot(index="split", columns="variant", values=m)
-            if reference not in wide.columns:
+            if baseline not in wide.columns:
                 continue
             for v in variants:
-                if v == reference or v not in wide.columns:
+                if v == baseline or v not in wide.columns:
                     continue
-                d = st.paired_deltas(wide[v], wide[reference])
+                d = st.paired_deltas(wide[v], wide[baseline])
                 if d.empty:
                     continue
                 parts.append(
@@ -250,7 +236,7 @@ def _deltas_long(frame, variants, reference, metrics, benchmarks, expected) -> p
                             "metric": m,
                             "split": d.index.astype(int),
                             "value": wide.loc[d.index, v].to_numpy(),
-                            "reference_value": wide.loc[d.index, reference].to_numpy(),
+                            "baseline_value": wide.loc[d.index, baseline].to_numpy(),
                             "delta": d.to_numpy(),
                         }
                     )
@@ -265,7 +251,7 @@ def _deltas_long(frame, variants, reference, metrics, benchmarks, expected) -> p
 def build_ablation_table(
     per_split: pd.DataFrame,
     variants: Sequence[str],
-    reference: str,
+    baseline: str,
     metrics: Sequence[str] = ("srcc", "plcc"),
     aggregate: str = "median",
     expected_splits: Mapping[str, Iterable[int]] | Iterable[int] | None = None,
@@ -280,7 +266,7 @@ def build_ablation_table(
 ) -> AblationTable:
     """Aggregate the per-split frame into an :class:`AblationTable`.
 
-    ``variants`` gives the rows in order and ``reference`` (one of them) the row every other is
+    ``variants`` gives the rows in order and ``baseline`` (one of them) the row every other is
     compared with. ``expected_splits`` is one list of splits for every benchmark, a mapping
     benchmark → splits, or None to take the union of splits seen per benchmark; only those
     splits enter the table, and an expected split without any row counts as missing.
@@ -289,7 +275,7 @@ def build_ablation_table(
     decided on values rounded to ``digits``, so equal printed numbers are bolded alike.
     """
     metrics = tuple(metrics)
-    variants = _check_args(variants, reference, metrics, aggregate)
+    variants = _check_args(variants, baseline, metrics, aggregate)
     frame, benchmarks, expected = _prepare(
         per_split, variants, metrics, expected_splits, benchmarks
     )
@@ -300,8 +286,8 @@ def build_ablation_table(
         splits = expected[b]
         rows_b = mine[(mine["benchmark"] == b) & mine["split"].isin(splits)]
         for m in metrics:
-            cmp = st.compare_to_reference(
-                rows_b, reference, m, b, variants, splits=splits,
+            cmp = st.compare_to_baseline(
+                rows_b, baseline, m, b, variants, splits=splits,
                 confidence=confidence, n_resamples=n_resamples, seed=seed,
             )
             for v in variants:
@@ -323,7 +309,7 @@ def build_ablation_table(
                     "variant": v,
                     "benchmark": b,
                     "metric": m,
-                    "is_reference": v == reference,
+                    "is_baseline": v == baseline,
                     "value": value,
                     "std": float(np.std(good, ddof=1)) if n_ok >= 2 else np.nan,
                     "iqr": float(np.subtract(*np.percentile(good, [75, 25]))) if n_ok else np.nan,
@@ -342,7 +328,7 @@ def build_ablation_table(
                     "rbc": np.nan,
                     "test_method": "",
                 }
-                if v != reference:
+                if v != baseline:
                     c = cmp.loc[v]
                     rec.update(
                         n_paired=int(c["n_paired"]),
@@ -369,9 +355,9 @@ def build_ablation_table(
 
     return AblationTable(
         cells=cells,
-        deltas=_deltas_long(frame, variants, reference, metrics, benchmarks, expected),
+        deltas=_deltas_long(frame, variants, baseline, metrics, benchmarks, expected),
         variants=tuple(variants),
-        reference=reference,
+        baseline=baseline,
         benchmarks=benchmarks,
         metrics=metrics,
         aggregate=aggregate,
@@ -388,17 +374,73 @@ def build_ablation_table(
 # ---------------------------------------------------------------------------------- rendering
 
 
-def _num(x: float, digits: int, signed: bool = False) -> str:
-    # U+2212 minus: reads as a real minus sign in Markdown (LaTeX uses math mode instead).
-    s = f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-    return s.replace("-", "−")
+@dataclass(frozen=True)
+class CellView:
+    """What one cell of an :class:`AblationTable` shows, computed once for every output format.
+
+    Numbers are text with ASCII ``-`` for minus (each template typesets the sign for its format:
+    U+2212 in Markdown and HTML, math mode in LaTeX); ``""`` stands for a number that does not
+    exist. The value part serves every row; the Δ part (to the baseline) only the other rows.
+    """
+
+    variant: str
+    is_baseline: bool
+    # -- the value cell
+    has_value: bool  # at least one usable split
+    value: str  # aggregate over the usable splits, ``digits`` decimals
+    best: bool  # best of its column (printed bold)
+    std: str  # sample std when the aggregate is the mean (shown as ±), else ""
+    n_ok: int  # usable splits
+    n_expected: int  # planned splits
+    partial: bool  # fewer usable splits than planned: the cell says n=a/b and why
+    gaps: str  # why splits are absent ("3 failed, 1 diverged, 2 missing"); "" when none
+    iqr: str  # interquartile range over splits (4 decimals; the HTML hover)
+    # -- the Δ cell
+    n_paired: int  # splits both this row and the baseline finished (0 on the baseline row)
+    delta: str  # median Δ over the paired splits, signed, ``digits`` decimals
+    tested: bool  # ≥ 2 paired splits: the interval and the test exist
+    ci_low: str  # bootstrap interval of the median Δ, signed
+    ci_high: str
+    p: str  # Holm-adjusted p ("<0.001", "0.125"); "" when untested
+    p_raw: str  # unadjusted p, same format
+    significant: str  # "pos"/"neg": Holm p < 0.05 with a gain/loss; else ""
+    delta_median: str  # median and mean Δ, 4 decimals signed, and the rank-biserial r,
+    delta_mean: str  # 2 decimals signed: the HTML hover
+    rbc: str
+    test_method: str  # which null distribution gave p ("exact", "exact permutation (ties)"...)
 
 
-def _p_text(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+@dataclass(frozen=True)
+class Note:
+    """One note under a table. ``floor``: the note ends with the exact Wilcoxon floor 2/2^n,
+    which each format typesets itself (`` (exact floor 2/2^n).`` after ``text``)."""
+
+    text: str
+    floor: bool = False
 
 
-def _missing_text(c: pd.Series) -> str:
+def _fixed(x: Any, digits: int, signed: bool = False) -> str:
+    """``x`` with ``digits`` decimals (ASCII minus), "" when it is not a finite number."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(v):
+        return ""
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _p_text(p: Any) -> str:
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(v):
+        return ""
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _gaps_text(c: Mapping[str, Any]) -> str:
     """'2 failed, 1 missing' style explanation of the splits a cell lacks."""
     parts = [c["failed_kinds"]] if c["failed_kinds"] else []
     if c["n_missing"]:
@@ -406,22 +448,69 @@ def _missing_text(c: pd.Series) -> str:
     return ", ".join(parts)
 
 
+def cell_view(c: Mapping[str, Any], table: AblationTable) -> CellView:
+    """The display values of one row ``c`` of ``table.cells`` (a Series or a mapping)."""
+    digits = table.digits
+    n_ok, n_expected = int(c["n_ok"]), int(c["n_expected"])
+    n_paired = 0 if pd.isna(c["n_paired"]) else int(c["n_paired"])
+    tested = n_paired >= 2
+    p_holm = float(c["p_holm"])
+    median = float(c["delta_median"])
+    significant = ""
+    if tested and math.isfinite(p_holm) and p_holm < _ALPHA:
+        significant = "pos" if median > 0 else "neg" if median < 0 else ""
+    show_std = table.aggregate == "mean" and math.isfinite(float(c["std"]))
+    return CellView(
+        variant=str(c["variant"]),
+        is_baseline=bool(c["is_baseline"]),
+        has_value=n_ok > 0,
+        value=_fixed(c["value"], digits),
+        best=bool(c["is_best"]),
+        std=_fixed(c["std"], digits) if show_std else "",
+        n_ok=n_ok,
+        n_expected=n_expected,
+        partial=n_ok < n_expected,
+        gaps=_gaps_text(c),
+        iqr=_fixed(c["iqr"], 4),
+        n_paired=n_paired,
+        delta=_fixed(median, digits, signed=True),
+        tested=tested,
+        ci_low=_fixed(c["ci_low"], digits, signed=True) if tested else "",
+        ci_high=_fixed(c["ci_high"], digits, signed=True) if tested else "",
+        p=_p_text(p_holm) if tested else "",
+        p_raw=_p_text(c["p_raw"]) if tested else "",
+        significant=significant,
+        delta_median=_fixed(median, 4, signed=True),
+        delta_mean=_fixed(c["delta_mean"], 4, signed=True),
+        rbc=_fixed(c["rbc"], 2, signed=True),
+        test_method=str(c["test_method"] or ""),
+    )
+
+
+def cell_views(table: AblationTable) -> list[tuple[str, list[CellView]]]:
+    """Every row of ``table`` in order: ``(variant, [CellView per (benchmark, metric) column])``."""
+    cells = {(r["variant"], r["benchmark"], r["metric"]): r for r in table.cells.to_dict("records")}
+    return [
+        (v, [cell_view(cells[(v, b, m)], table) for b in table.benchmarks for m in table.metrics])
+        for v in table.variants
+    ]
+
+
 def _pct(table: AblationTable) -> str:
     return f"{100 * table.confidence:g}%"
 
 
-def _notes(table: AblationTable, esc=lambda s: s, floor: str = "2/2^n") -> list[str]:
-    """Notes printed under the table. ``esc`` escapes plain text for the output format and
-    ``floor`` is the already-formatted Wilcoxon floor formula (math mode in LaTeX)."""
+def table_notes(table: AblationTable) -> list[Note]:
+    """The notes printed under the table, as plain text (each template escapes them)."""
     notes = []
     if table.protocol:
-        notes.append(esc(f"Protocol: {table.protocol.strip().rstrip('.')}."))
+        notes.append(Note(f"Protocol: {table.protocol.strip().rstrip('.')}."))
     n_exp = sorted({len(s) for s in table.expected_splits.values()})
     split_txt = "/".join(str(n) for n in n_exp)
     if table.aggregate == "median":
-        notes.append(esc(f"Cells: median over {split_txt} splits."))
+        notes.append(Note(f"Cells: median over {split_txt} splits."))
     else:
-        notes.append(esc(f"Cells: mean ± sample std over {split_txt} splits."))
+        notes.append(Note(f"Cells: mean ± sample std over {split_txt} splits."))
     higher = [metric_label(m) for m in table.metrics if HIGHER_IS_BETTER[m]]
     lower = [metric_label(m) for m in table.metrics if not HIGHER_IS_BETTER[m]]
     direction = "; ".join(
@@ -432,11 +521,11 @@ def _notes(table: AblationTable, esc=lambda s: s, floor: str = "2/2^n") -> list[
         )
         if part
     )
-    notes.append(esc(f"Bold: best in its column ({direction})."))
+    notes.append(Note(f"Bold: best in its column ({direction})."))
     notes.append(
-        esc(
+        Note(
             "Test: paired exact Wilcoxon signed-rank across splits, Holm-corrected within each "
-            f"column; Δ = row − reference ({table.reference}); {_pct(table)} percentile "
+            f"column; Δ = row − baseline ({table.baseline}); {_pct(table)} percentile "
             f"bootstrap interval of the median Δ ({table.n_resamples} resamples, seed "
             f"{table.seed})."
         )
@@ -445,23 +534,20 @@ def _notes(table: AblationTable, esc=lambda s: s, floor: str = "2/2^n") -> list[
         {m for m in table.cells["test_method"] if m and m != "exact" and not m.startswith("not ")}
     )
     if other:
-        notes.append(esc(f"Some cells had tied or zero differences; p from: {', '.join(other)}."))
+        notes.append(Note(f"Some cells had tied or zero differences; p from: {', '.join(other)}."))
     if table.incomplete:
         notes.append(
-            esc(
+            Note(
                 "n=a/b: the cell rests on a of the b expected splits; '—': no usable split. "
                 "Failed counts are trial statuses; missing = the trial never reported."
             )
         )
     if table.small_n:
         notes.append(
-            esc(f"With fewer than {st.SMALL_N} paired splits no p-value can reach 0.05 ")
-            + esc("(exact floor ")
-            + floor
-            + esc(").")
+            Note(f"With fewer than {st.SMALL_N} paired splits no p-value can reach 0.05", floor=True)
         )
     notes.append(
-        esc(
+        Note(
             "Random splits overlap, so per-split results are correlated and p-values are "
             "optimistic (Nadeau & Bengio, 2003)."
         )
@@ -469,226 +555,39 @@ def _notes(table: AblationTable, esc=lambda s: s, floor: str = "2/2^n") -> list[
     return notes
 
 
-def _value_md(c: pd.Series, table: AblationTable) -> str:
-    if c["n_ok"] == 0:
-        why = _missing_text(c) or "no splits"
-        return f"— ({why})"
-    num = _num(c["value"], table.digits)
-    text = f"**{num}**" if c["is_best"] else num
-    if table.aggregate == "mean" and np.isfinite(c["std"]):
-        text += f" ± {_num(c['std'], table.digits)}"
-    if c["n_ok"] < c["n_expected"]:
-        text += f" (n={c['n_ok']}/{c['n_expected']}: {_missing_text(c)})"
-    return text
+def render_table(table: AblationTable, fmt: str, **extra: Any) -> str:
+    """``table`` through the template ``table.<fmt>.j2`` (fmt: ``md``, ``tex`` or ``html``).
 
-
-def _delta_md(c: pd.Series, table: AblationTable) -> str:
-    n, n_exp = int(c["n_paired"]), int(c["n_expected"])
-    if n == 0:
-        return "— (no paired splits)"
-    d = _num(c["delta_median"], table.digits, signed=True)
-    if n < 2:
-        return f"{d} (n={n}/{n_exp}, no test)"
-    lo, hi = _num(c["ci_low"], table.digits, True), _num(c["ci_high"], table.digits, True)
-    text = f"{d} [{lo}, {hi}] p={_p_text(c['p_holm'])}"
-    if n < n_exp:
-        text += f" (n={n}/{n_exp})"
-    return text
-
-
-def _md_escape(s: str) -> str:
-    return str(s).replace("|", "\\|")
-
-
-def _md_grid(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A pipe table padded to column width, so it also reads as plain text in a terminal."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
-    rule = "|" + "|".join(
-        ":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)
-    ) + "|"
-    return [line(header), rule, *(line(r) for r in rows)]
-
-
-def _columns(table: AblationTable) -> list[tuple[str, str]]:
-    return [(b, m) for b in table.benchmarks for m in table.metrics]
-
-
-def _lookup(table: AblationTable) -> dict[tuple[str, str, str], pd.Series]:
-    return {(r.variant, r.benchmark, r.metric): r for _, r in table.cells.iterrows()}
+    The context: ``t`` (the table), ``rows`` (:func:`cell_views`), ``others`` (those rows
+    without the baseline), ``benchmarks`` and ``metrics`` as display labels, ``pct`` (the
+    interval's level, "95%"), ``notes`` (:func:`table_notes`), plus ``extra``.
+    """
+    rows = cell_views(table)
+    return render(
+        f"table.{fmt}.j2",
+        t=table,
+        rows=rows,
+        others=[r for r in rows if r[0] != table.baseline],
+        benchmarks=[benchmark_label(b) for b in table.benchmarks],
+        metrics=[metric_label(m) for m in table.metrics],
+        pct=_pct(table),
+        notes=table_notes(table),
+        **extra,
+    )
 
 
 def to_markdown(table: AblationTable) -> str:
-    """Markdown: a value table, a Δ-to-reference table (median Δ [CI] Holm p), then notes."""
-    cols = _columns(table)
-    cells = _lookup(table)
-    header = ["Variant"] + [f"{benchmark_label(b)} {metric_label(m)}" for b, m in cols]
-    header = [_md_escape(h) for h in header]
-
-    def name(v: str) -> str:
-        return _md_escape(f"{v} (reference)" if v == table.reference else v)
-
-    value_rows = [
-        [name(v)] + [_md_escape(_value_md(cells[(v, b, m)], table)) for b, m in cols]
-        for v in table.variants
-    ]
-    out = []
-    if table.title:
-        out += [f"### {table.title}", ""]
-    out += _md_grid(header, value_rows)
-
-    others = [v for v in table.variants if v != table.reference]
-    if others:
-        delta_rows = [
-            [name(v)] + [_md_escape(_delta_md(cells[(v, b, m)], table)) for b, m in cols]
-            for v in others
-        ]
-        out += [
-            "",
-            f"Δ to {_md_escape(table.reference)}: median Δ over paired splits "
-            f"[{_pct(table)} CI], Holm-adjusted p",
-            "",
-        ]
-        out += _md_grid(header, delta_rows)
-    out.append("")
-    out += [f"- {n}" for n in _notes(table)]
-    return "\n".join(out) + "\n"
-
-
-# LaTeX: characters with a special meaning, and the non-ASCII symbols drx labels use.
-_LATEX_MAP = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "→": r"$\rightarrow$",
-    "←": r"$\leftarrow$",
-    "−": r"$-$",
-    "–": "--",
-    "—": "---",
-    "±": r"$\pm$",
-    "×": r"$\times$",
-    "≤": r"$\leq$",
-    "≥": r"$\geq$",
-    "Δ": r"$\Delta$",
-    "λ": r"$\lambda$",
-    "α": r"$\alpha$",
-    "<": r"$<$",
-    ">": r"$>$",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX special characters and map drx's symbols (→, Δ, ±, …) to math mode."""
-    return "".join(_LATEX_MAP.get(ch, ch) for ch in str(text))
-
-
-def _tex_num(x: float, digits: int, signed: bool = False) -> str:
-    s = f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-    return f"${s}$"
-
-
-def _value_tex(c: pd.Series, table: AblationTable) -> str:
-    if c["n_ok"] == 0:
-        return r"--- {\scriptsize(" + latex_escape(_missing_text(c) or "no splits") + ")}"
-    num = f"{c['value']:.{table.digits}f}"
-    text = rf"\textbf{{{num}}}" if c["is_best"] else num
-    if table.aggregate == "mean" and np.isfinite(c["std"]):
-        text += rf"\,{{\scriptsize$\pm${c['std']:.{table.digits}f}}}"
-    if c["n_ok"] < c["n_expected"]:
-        text += rf"\,{{\scriptsize({c['n_ok']}/{c['n_expected']})}}"
-    return text
-
-
-def _delta_tex(c: pd.Series, table: AblationTable) -> str:
-    n, n_exp = int(c["n_paired"]), int(c["n_expected"])
-    if n == 0:
-        return "---"
-    text = _tex_num(c["delta_median"], table.digits, signed=True)
-    if n >= 2:
-        lo = f"{c['ci_low']:+.{table.digits}f}"
-        hi = f"{c['ci_high']:+.{table.digits}f}"
-        text += rf" {{\scriptsize$[{lo}, {hi}]$}}"
-    if n < n_exp:
-        text += rf"\,{{\scriptsize({n}/{n_exp})}}"
-    return text
-
-
-def _p_tex(c: pd.Series) -> str:
-    p = c["p_holm"]
-    if not np.isfinite(p):
-        return "---"
-    return "$<$0.001" if p < 0.001 else f"{p:.3f}"
+    """Markdown: a value table, a Δ-to-baseline table (median Δ [CI] Holm p), then notes."""
+    return render_table(table, "md")
 
 
 def to_latex(table: AblationTable) -> str:
-    """LaTeX ``table`` with a booktabs ``tabular``: values, Δ to the reference, Holm p, notes.
+    """LaTeX ``table`` with a booktabs ``tabular``: values, Δ to the baseline, Holm p, notes.
 
     Needs ``\\usepackage{booktabs}``. Benchmarks are multicolumn headers over their metrics;
     the best value of each column is ``\\textbf``; notes follow the tabular in footnote size.
     """
-    cols = _columns(table)
-    cells = _lookup(table)
-    n_cols = 1 + len(cols)
-    k = len(table.metrics)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small"]
-    if table.title:
-        lines.append(rf"\caption{{{latex_escape(table.title)}}}")
-    lines.append(r"\begin{tabular}{l" + " ".join(["c" * k] * len(table.benchmarks)) + "}")
-    lines.append(r"\toprule")
-    heads = [
-        rf"\multicolumn{{{k}}}{{c}}{{{latex_escape(benchmark_label(b))}}}"
-        for b in table.benchmarks
-    ]
-    lines.append(" & " + " & ".join(heads) + r" \\")
-    rules = [
-        rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(table.benchmarks))
-    ]
-    lines.append(" ".join(rules))
-    lines.append("Variant & " + " & ".join(latex_escape(metric_label(m)) for _, m in cols) + r" \\")
-    lines.append(r"\midrule")
-
-    def name(v: str) -> str:
-        return latex_escape(v) + (r" {\scriptsize(ref.)}" if v == table.reference else "")
-
-    for v in table.variants:
-        lines.append(
-            name(v) + " & "
-            + " & ".join(_value_tex(cells[(v, b, m)], table) for b, m in cols)
-            + r" \\"
-        )
-    others = [v for v in table.variants if v != table.reference]
-    if others:
-        ref = latex_escape(table.reference)
-        lines += [
-            r"\midrule",
-            rf"\multicolumn{{{n_cols}}}{{l}}{{\textit{{$\Delta$ to {ref}: median over paired "
-            rf"splits [{latex_escape(_pct(table))} bootstrap CI]}}}} \\",
-        ]
-        for v in others:
-            lines.append(
-                name(v) + " & " + " & ".join(_delta_tex(cells[(v, b, m)], table) for b, m in cols)
-                + r" \\"
-            )
-        lines += [
-            r"\midrule",
-            rf"\multicolumn{{{n_cols}}}{{l}}{{\textit{{Holm-adjusted $p$, paired exact Wilcoxon "
-            r"signed-rank}} \\",
-        ]
-        for v in others:
-            lines.append(
-                name(v) + " & " + " & ".join(_p_tex(cells[(v, b, m)]) for b, m in cols) + r" \\"
-            )
-    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip"]
-    notes = " ".join(_notes(table, latex_escape, "$2/2^n$"))
-    lines += [r"{\footnotesize\raggedright " + notes + r"\par}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    return render_table(table, "tex")
 
 
 def to_csv(table: AblationTable) -> str:
@@ -701,8 +600,8 @@ def write_table(table: AblationTable, out_dir: str | Path, stem: str) -> dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+    for ext, write in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
         path = out / f"{stem}.{ext}"
-        path.write_text(render(table), encoding="utf-8")
+        path.write_text(write(table), encoding="utf-8")
         paths[ext] = path
     return paths

@@ -1,31 +1,42 @@
-"""``drx ablate``, ``drx tune`` and ``drx demo``.
+"""``drx ablate`` and ``drx tune``.
 
 Everything that can fail before Ray starts fails here first: the YAML is validated, every trial's
 config is built, the split files are written (so every variant pairs on the same images), the
-embedded benchmark and the miniature prior are built once, and resource requests are checked
-against the cluster. Ray itself is only touched through :mod:`drx.search.tune`.
+embedded benchmark and the built-in weights are built once, and resource requests are checked
+against the cluster. Ray itself is only touched through :mod:`drx.search.tune`, imported when a run
+starts (Ray and Optuna are heavy: ``--help`` and ``--dry-run`` do without them).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from drx.builtin import BUILTIN_PREFIX
+from drx.builtin import resolve
+from drx.config import build_config
+from drx.data.benchmarks import load_manifest
+from drx.data.embedded import ensure_embedded
+from drx.data.splits import persisted_splits
 from drx.errors import ConfigError
+from drx.experiment import (
+    ABLATE_RUN, CONFIRM_RUN, CONFIRM_TABLE, META_NAME, SEARCH_RUN, SPLITS_DIR, confirm_summary, new_meta, read_experiment,
+    read_meta, write_meta, write_plan,
+)
+from drx.search.grid import describe_plan, load_ablation
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _storage(args: argparse.Namespace) -> str:
+def storage_of(args: argparse.Namespace) -> str:
+    """The experiments folder: --storage, else $DRX_STORAGE, else ./experiments (absolute)."""
     storage = args.storage or os.environ.get("DRX_STORAGE") or "experiments"
     if "://" in storage:
         return storage
@@ -33,38 +44,20 @@ def _storage(args: argparse.Namespace) -> str:
 
 
 def prepare_shared_inputs(configs: list[dict[str, Any]], say=_say) -> None:
-    """Build what trials would otherwise race to build: the embedded benchmark, the tiny prior."""
-    from drx.config import build_config
-
+    """Build what trials would otherwise race to build: the embedded benchmark and the built-in
+    weights (:func:`drx.builtin.resolve` builds each once and caches it)."""
     seen: set[str] = set()
     for c in configs:
         cfg = build_config(c)
         for bench, root in ((cfg.data.benchmark, cfg.data.root), (cfg.data.test_benchmark, cfg.data.test_root)):
             if bench == "embedded" and "embedded" not in seen:
-                from drx.data.embedded import ensure_embedded
-
                 ensure_embedded(root)
                 seen.add("embedded")
-        ref = cfg.model.prior.checkpoint
-        if ref and ref.startswith(BUILTIN_PREFIX) and ref not in seen and cfg.model.variant != "image_encoder":
-            from drx.model.tiny_prior import resolve_prior_checkpoint
-
-            resolve_prior_checkpoint(cfg.model.prior)
-            seen.add(ref)
-        ref = cfg.model.backbone.pretrained
-        if ref and ref.startswith(BUILTIN_PREFIX) and ref not in seen and cfg.model.variant != "prior_only":
-            from drx.model.tiny_encoder import resolve_backbone_checkpoint
-
-            resolve_backbone_checkpoint(cfg.model.backbone, cfg.model.img_size)
-            seen.add(ref)
+        resolve(cfg.model)
 
 
 def make_split_files(jobs: dict[str, dict[str, Any]], exp_dir: Path, say=_say) -> dict[str, str]:
     """Persist the splits of each benchmark in the experiment folder, before any trial starts."""
-    from drx.data.benchmarks import load_manifest
-    from drx.data.splits import persisted_splits
-    from drx.search.experiment import SPLITS_DIR
-
     files: dict[str, str] = {}
     for key, job in jobs.items():
         manifest = load_manifest(job["benchmark"], job["root"], job["options"])
@@ -80,8 +73,6 @@ def make_split_files(jobs: dict[str, dict[str, Any]], exp_dir: Path, say=_say) -
 
 
 def _load_meta_or_new(exp_dir: Path, kind: str, fingerprint: str, make_meta) -> dict[str, Any]:
-    from drx.search.experiment import META_NAME, read_meta
-
     if (exp_dir / META_NAME).is_file():
         meta = read_meta(exp_dir)
         if meta.get("fingerprint") != fingerprint or meta.get("kind") != kind:
@@ -98,15 +89,12 @@ def _load_meta_or_new(exp_dir: Path, kind: str, fingerprint: str, make_meta) -> 
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from drx.search.experiment import ABLATE_RUN, META_NAME, PLAN_NAME, new_meta, write_json
-    from drx.search.grid import describe_plan, load_ablation
-
     plan = load_ablation(args.spec, args.set or [])
     name = args.name or plan.spec.name
     if args.dry_run:
         print(describe_plan(plan))
         return 0
-    storage = _storage(args)
+    storage = storage_of(args)
     if "://" in storage:
         raise ConfigError("drx ablate writes its split files and metadata beside the results: --storage must be a path "
                           "(local, or on a shared filesystem such as NFS for clusters)")
@@ -125,17 +113,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         fingerprint,
         lambda: new_meta(
             "ablate", name, plan.spec.model_dump(mode="json"), str(plan.source) if plan.source else None, fingerprint,
-            {"reference": plan.spec.reference, "variants": plan.variants, "benchmarks": plan.benchmarks,
+            {"baseline": plan.spec.baseline, "variants": plan.variants, "benchmarks": plan.benchmarks,
              "splits": plan.split_indices, "fractions": plan.fractions, "sweep_key": plan.spec.sweep_key,
-             "protocol": plan.trials[0].config["train"]["protocol"], "compat": plan.trials[0].config["model"]["compat"]},
+             "select_on": plan.trials[0].config["train"]["select_on"], "compat": plan.trials[0].config["model"]["compat"]},
         ),
     )
-    write_json(exp_dir / PLAN_NAME, [{"name": t.name, "key": t.key, "variant": t.variant, "benchmark": t.benchmark, "split": t.split,
+    write_plan(exp_dir, [{"name": t.name, "key": t.key, "variant": t.variant, "benchmark": t.benchmark, "split": t.split,
                                       "fraction": t.fraction, "cpu": t.cpu, "gpu": t.gpu, "config": t.config} for t in plan.trials])
-    write_json(exp_dir / META_NAME, meta)
+    write_meta(exp_dir, meta)
     prepare_shared_inputs([t.config for t in plan.trials])
 
-    from drx.search import tune as rt
+    from drx.search import tune as rt  # Ray: heavy, loaded only when a run starts
 
     cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     try:
@@ -150,7 +138,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     finally:
         rt.stop_ray()
     meta["runs"].append({"run": ABLATE_RUN, "started": t_fit, "wall_s": round(time.time() - t0, 1), "fit_s": round(time.time() - t_fit, 1)})
-    write_json(exp_dir / META_NAME, meta)
+    write_meta(exp_dir, meta)
     n_err = grid.num_errors
     _say(f"\nablation {name} done in {time.time() - t0:.0f} s: {len(plan.trials) - n_err} trials finished, {n_err} failed. "
          f"Results: {exp_dir}\nNext: drx report {exp_dir}")
@@ -161,8 +149,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from drx.search.experiment import CONFIRM_RUN, CONFIRM_TABLE, META_NAME, SEARCH_RUN, new_meta, write_json
-    from drx.search.space import config_for, load_search
+    from drx.search.space import config_for, load_search  # Optuna: heavy, loaded for tune only
 
     plan = load_search(args.spec, args.set or [])
     spec = plan.spec
@@ -174,20 +161,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if spec.enqueue_base:
             print(f"  first trial (the base config): {plan.defaults}")
         return 0
-    storage = _storage(args)
+    storage = storage_of(args)
     if "://" in storage:
         raise ConfigError("drx tune keeps its split files and Optuna study beside the results: --storage must be a path "
                           "(local, or a shared filesystem such as NFS for clusters)")
     exp_dir = Path(storage) / name
     exp_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    from drx.config import build_config
-
     base = build_config(plan.base_config)
     job = {"benchmark": base.data.benchmark, "root": base.data.root, "options": base.data.options, "seed": base.data.split.seed,
            "n_splits": base.data.split.n_splits, "train_fraction": base.data.split.train_fraction, "needs_split": True}
-    import hashlib
-
     # Before the split path enters the config: a moved experiment still matches its spec.
     fingerprint = hashlib.sha256(json.dumps([plan.base_config, spec.model_dump(mode="json")], sort_keys=True, default=str).encode()).hexdigest()[:16]
     files = make_split_files({base.data.benchmark: job}, exp_dir)
@@ -196,12 +179,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         exp_dir, "tune", fingerprint,
         lambda: new_meta("tune", name, spec.model_dump(mode="json"), str(plan.source) if plan.source else None, fingerprint,
                          {"objective": spec.objective, "base_config": plan.base_config, "defaults": plan.defaults,
-                          "protocol": "clean", "compat": plan.base_config["model"]["compat"]}),
+                          "select_on": "val", "compat": plan.base_config["model"]["compat"]}),
     )
-    write_json(exp_dir / META_NAME, meta)
+    write_meta(exp_dir, meta)
     prepare_shared_inputs([plan.base_config])
 
-    from drx.search import tune as rt
+    from drx.search import tune as rt  # Ray: heavy, loaded only when a run starts
 
     cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     try:
@@ -215,7 +198,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         meta["optuna_storage"] = url
         meta["study_name"] = spec.name
         meta["runs"].append({"run": SEARCH_RUN, "fit_s": round(time.time() - t_fit, 1)})
-        write_json(exp_dir / META_NAME, meta)
+        write_meta(exp_dir, meta)
         ranked = rank_search_trials(grid, spec.objective)
         if not ranked:
             _say("no search trial reported the objective; nothing to confirm")
@@ -228,7 +211,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             candidates[cand]["train"]["epochs"] = plan.max_epochs
         meta["confirm_candidates"] = {c: {"search_trial": t, "objective": v, "params": {k: p for k, p in params.items() if k in spec.space}}
                                       for c, (v, params, t) in zip(candidates, top)}
-        write_json(exp_dir / META_NAME, meta)
+        write_meta(exp_dir, meta)
         confirm = None
         if candidates:
             _say(f"confirm stage: the best {len(candidates)} configurations on splits {plan.confirm_splits}, without early stopping")
@@ -241,9 +224,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     finally:
         rt.stop_ray()
     meta["runs"].append({"run": "total", "wall_s": round(time.time() - t0, 1)})
-    write_json(exp_dir / META_NAME, meta)
+    write_meta(exp_dir, meta)
     if confirm is not None:
-        table = confirm_table(exp_dir, meta)
+        table = confirm_summary(read_experiment(exp_dir), meta)
         table.to_csv(exp_dir / CONFIRM_TABLE, index=False)
         _say("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     _say(f"\nsearch {name} done in {time.time() - t0:.0f} s. Study: {meta.get('optuna_storage')} (study {spec.name}). "
@@ -261,69 +244,6 @@ def rank_search_trials(grid, objective: str) -> list[tuple[float, dict[str, Any]
             ranked.append((float(value), dict(result.config), m.get("trial_id", "")))
     ranked.sort(key=lambda r: -r[0])
     return ranked
-
-
-def confirm_table(exp_dir: Path, meta: dict[str, Any]):
-    """Per confirmed configuration: the search's validation objective and the test metrics at each
-    trial's selected (best-validation) epoch, median over the persisted splits."""
-    import pandas as pd
-
-    from drx.report.results import read_experiment
-
-    per_split = read_experiment(exp_dir).per_split("best", run=None)
-    per_split = per_split[per_split["run"].astype(str).str.startswith("confirm")]
-    out = []
-    for cand, info in meta.get("confirm_candidates", {}).items():
-        sub = per_split[per_split["variant"] == cand]
-        ok = sub[sub["status"] == "ok"]
-        out.append({
-            "candidate": cand,
-            f"search {meta['objective']}": info["objective"],
-            "splits": f"{len(ok)}/{len(sub)}",
-            "test_srcc (median)": float(ok["srcc"].median()) if len(ok) else math.nan,
-            "test_plcc (median)": float(ok["plcc"].median()) if len(ok) else math.nan,
-            "params": json.dumps(info["params"]),
-        })
-    return pd.DataFrame(out)
-
-
-# -------------------------------------------------------------------------------------------- demo
-
-
-def find_study(name: str) -> Path:
-    """A study file: as given, relative to the working folder, or in the drx repository."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    repo = Path(__file__).resolve().parents[2]
-    for cand in (repo / name, repo / "ablations" / name, repo / "ablations" / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError(f"study file {name!r} not found (looked in the working folder and {repo / 'ablations'})")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: the demo ablation through a local Ray, then its report."""
-    spec = find_study(args.spec)
-    ns = argparse.Namespace(spec=str(spec), set=args.set, name=args.name, storage=args.storage, dry_run=False, address=args.address,
-                            num_cpus=args.num_cpus, num_gpus=None, max_concurrent=args.max_concurrent, max_failures=1, resume=False)
-    t0 = time.time()
-    rc = cmd_ablate(ns)
-    if rc not in (0, 1):
-        return rc
-    from drx.search.grid import load_ablation
-
-    name = args.name or load_ablation(spec).spec.name
-    exp_dir = Path(_storage(ns)) / name
-    try:
-        from drx.report.commands import run_report
-    except ImportError:
-        _say(f"demo finished in {time.time() - t0:.0f} s; experiment in {exp_dir}")
-        return rc
-    out = Path(args.out or Path("reports") / name)
-    rc_report = run_report(exp_dir, out)
-    _say(f"demo finished in {time.time() - t0:.0f} s: experiment {exp_dir}, report {out / 'report.html'}")
-    return rc or rc_report
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -352,14 +272,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("spec", metavar="SEARCH_SPACE.yaml")
     _common(t)
     t.set_defaults(func=cmd_tune)
-
-    d = sub.add_parser("demo", help="the Table 4/5 ablation on the embedded benchmark through a local Ray, then its report")
-    d.add_argument("--spec", default="ablations/demo.yaml", help="ablation file (default: ablations/demo.yaml)")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE")
-    d.add_argument("--name")
-    d.add_argument("--storage")
-    d.add_argument("--address")
-    d.add_argument("--num-cpus", type=int)
-    d.add_argument("--max-concurrent", type=int)
-    d.add_argument("--out", help="report folder (default: reports/<name>)")
-    d.set_defaults(func=cmd_demo)

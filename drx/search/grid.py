@@ -2,39 +2,49 @@
 
 An ablation YAML names a base config, the benchmarks (or cross-dataset pairs), the split indices,
 optional data fractions, and the variants as named sets of dotted overrides, one of them the
-reference row. Expansion is variants × benchmarks × splits (× fractions); every trial's config is
+baseline row (the row every difference is computed against). Expansion is variants × benchmarks × splits (× fractions); every trial's config is
 built and validated before anything runs, and errors name the variant and the key.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from drx.config import BENCHMARKS, ExperimentConfig, apply_overrides, build_config, deep_merge, load_raw, resolve_source
+from drx.config import apply_overrides, build_config, deep_merge, load_raw, resolve_source
+from drx.data.benchmarks import BENCHMARKS, REAL_BENCHMARKS
 from drx.errors import ConfigError
+from drx.schema import StrictModel, validation_message
 
-REAL_BENCHMARKS = ("koniq", "livec", "spaq", "livefb", "bid")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+#: Keys renamed since earlier versions: old key -> new key (an old key is an error naming the new one).
+RENAMED_SPEC_KEYS = {"reference": "baseline"}
 
 
-class ResourceSpec(_Strict):
+def refuse_renamed_keys(data: Any, renamed: dict[str, str]) -> Any:
+    """A ``mode="before"`` check: a key that was renamed raises a ValueError naming its replacement."""
+    if isinstance(data, dict):
+        for old, new in renamed.items():
+            if old in data:
+                raise ValueError(f"the key {old!r} was renamed {new!r}: write `{new}: {data[old]}`")
+    return data
+
+
+class ResourceSpec(StrictModel):
     cpu: float | None = Field(None, gt=0)
     gpu: float | None = Field(None, ge=0)
 
 
-class BenchmarkSpec(_Strict):
+class BenchmarkSpec(StrictModel):
     """One table column: a benchmark, or a cross-dataset pair (train on ``name``, test on ``test``)."""
 
     name: str
@@ -52,8 +62,6 @@ class BenchmarkSpec(_Strict):
     @classmethod
     def _known(cls, v: str | None) -> str | None:
         if v is not None and v not in BENCHMARKS:
-            import difflib
-
             close = difflib.get_close_matches(v, BENCHMARKS, n=1)
             raise ValueError(f"unknown benchmark {v!r}" + (f"; did you mean {close[0]!r}?" if close else f"; expected one of {list(BENCHMARKS)}"))
         return v
@@ -63,7 +71,7 @@ class BenchmarkSpec(_Strict):
         return self.name if self.test is None else f"{self.name}->{self.test}"
 
 
-class AblationSpec(_Strict):
+class AblationSpec(StrictModel):
     name: str
     description: str = ""
     base: str
@@ -71,7 +79,8 @@ class AblationSpec(_Strict):
     benchmarks: list[BenchmarkSpec]
     splits: list[int] | str = "all"
     fractions: list[float] | None = None
-    reference: str
+    # The row every difference (delta) is computed against.
+    baseline: str
     variants: dict[str, dict[str, Any]]
     # What each trial reserves (default: the config's `resources`); per variant if a `full`
     # trial needs more than a `prior_only` one.
@@ -79,6 +88,11 @@ class AblationSpec(_Strict):
     variant_resources: dict[str, ResourceSpec] = Field(default_factory=dict)
     # The key swept by the variants, for sweep plots (e.g. model.dsdm.lambda_init).
     sweep_key: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return refuse_renamed_keys(data, RENAMED_SPEC_KEYS)
 
     @field_validator("benchmarks", mode="before")
     @classmethod
@@ -108,8 +122,8 @@ class AblationSpec(_Strict):
     def _check(self) -> "AblationSpec":
         if not self.variants:
             raise ValueError("needs at least one variant")
-        if self.reference not in self.variants:
-            raise ValueError(f"reference {self.reference!r} is not one of the variants {list(self.variants)}")
+        if self.baseline not in self.variants:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the variants {list(self.variants)}")
         for v in self.variant_resources:
             if v not in self.variants:
                 raise ValueError(f"variant_resources names {v!r}, which is not a variant ({list(self.variants)})")
@@ -161,9 +175,6 @@ class AblationPlan:
     def benchmarks(self) -> list[str]:
         return [b.key for b in self.spec.benchmarks]
 
-    def by_key(self) -> dict[str, PlannedTrial]:
-        return {t.key: t for t in self.trials}
-
     def fingerprint(self) -> str:
         """Identifies what the grid computes: a rerun with another spec must not resume this one."""
         text = json.dumps([(t.key, t.config) for t in self.trials], sort_keys=True, default=str)
@@ -173,10 +184,34 @@ class AblationPlan:
 # ------------------------------------------------------------------------------------- loading
 
 
+#: The studies drx ships (package data): ablation grids and search spaces, by file stem.
+STUDY_DIRS = {"ablation": "ablations", "search space": "search_spaces"}
+
+
+def packaged_studies(kind: str) -> dict[str, Path]:
+    """Name -> file of every packaged study of `kind` (``ablation`` or ``search space``)."""
+    folder = resources.files("drx.studies").joinpath(STUDY_DIRS[kind])
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def find_study(name: str | Path, kind: str) -> Path:
+    """A study file as given, else the packaged study of that name (``demo``, ``table4_modules``,
+    or its packaged path ``ablations/demo.yaml``). Raises ConfigError naming the packaged ones."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    studies = packaged_studies(kind)
+    stem = p.stem if p.suffix == ".yaml" else p.name
+    if stem in studies and (len(p.parts) == 1 or p.parent.name == STUDY_DIRS[kind]):
+        return studies[stem]
+    close = difflib.get_close_matches(stem, list(studies), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{kind} file {str(name)!r} does not exist and is not a packaged study{hint} (packaged: {', '.join(sorted(studies))})")
+
+
 def read_spec_file(path: str | Path, kind: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{kind} file {str(p)!r} does not exist")
+    """The YAML mapping of a study file (``yaml.safe_load``); errors name the file."""
+    p = find_study(path, kind)
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
@@ -186,41 +221,9 @@ def read_spec_file(path: str | Path, kind: str) -> dict[str, Any]:
     return data
 
 
-def format_spec_error(exc: ValidationError, origin: str, what: str) -> ConfigError:
-    import difflib
-
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            fields = _fields_at(err["loc"], what)
-            leaf = str(err["loc"][-1])
-            close = difflib.get_close_matches(leaf, fields, n=1, cutoff=0.5)
-            msg = f"unknown key (value {err.get('input')!r})" + (f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}")
-        lines.append(f"{loc}: {msg}")
-    return ConfigError(f"invalid {what} ({origin}):\n  " + "\n  ".join(lines))
-
-
-def _fields_at(loc: tuple, what: str) -> list[str]:
-    from drx.search.space import SearchSpec
-
-    model: Any = AblationSpec if what == "ablation" else SearchSpec
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        f = getattr(model, "model_fields", {}).get(part)
-        if f is None:
-            return []
-        ann = f.annotation
-        cand = [a for a in (getattr(ann, "__args__", None) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not cand:
-            inner = [a for a in getattr(ann, "__args__", ()) for a in (getattr(a, "__args__", None) or (a,))]
-            cand = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not cand:
-            return []
-        model = cand[0]
-    return list(getattr(model, "model_fields", {}))
+def spec_error(exc: ValidationError, root: type[BaseModel], origin: str, what: str) -> ConfigError:
+    """A ConfigError listing every validation error of an ablation or search spec."""
+    return ConfigError(validation_message(exc, root, what, origin))
 
 
 def expand_env(text: str | None) -> str | None:
@@ -244,13 +247,13 @@ def load_ablation(path_or_dict: str | Path | dict[str, Any], set_overrides: list
         data = dict(path_or_dict)
         origin = "mapping"
     else:
-        source = Path(path_or_dict).resolve()
+        source = find_study(path_or_dict, "ablation").resolve()
         data = read_spec_file(source, "ablation")
         origin = str(path_or_dict)
     try:
         spec = AblationSpec.model_validate(data)
     except ValidationError as exc:
-        raise format_spec_error(exc, origin, "ablation") from None
+        raise spec_error(exc, AblationSpec, origin, "ablation") from None
 
     trials: list[PlannedTrial] = []
     fractions = spec.fractions or [1.0]
@@ -354,7 +357,7 @@ def describe_plan(plan: AblationPlan) -> str:
     lines = [
         f"ablation {plan.spec.name}: {len(plan.variants)} variants x {len(plan.benchmarks)} benchmarks x "
         f"{len(plan.split_indices)} splits" + (f" x {len(plan.fractions)} fractions" if len(plan.fractions) > 1 else "")
-        + f" = {len(plan.trials)} trials; reference row: {plan.spec.reference}",
+        + f" = {len(plan.trials)} trials; baseline row: {plan.spec.baseline}",
     ]
     for bench, job in plan.split_jobs.items():
         root = job["root"]
@@ -363,7 +366,3 @@ def describe_plan(plan: AblationPlan) -> str:
     for t in plan.trials:
         lines.append(f"  {t.name:<48} cpu {t.cpu:g} gpu {t.gpu:g}")
     return "\n".join(lines)
-
-
-def config_of(trial: PlannedTrial) -> ExperimentConfig:
-    return build_config(trial.config, trial.name)

@@ -14,20 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from drx.config import apply_overrides, build_config, deep_merge, load_raw, resolve_source
 from drx.errors import ConfigError
-from drx.search.grid import BenchmarkSpec, ResourceSpec, expand_env, format_spec_error, read_spec_file, REAL_BENCHMARKS
+from drx.schema import StrictModel
+from drx.search.grid import REAL_BENCHMARKS, BenchmarkSpec, ResourceSpec, expand_env, find_study, read_spec_file, spec_error
 
 OBJECTIVES = ("val_srcc", "val_plcc")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class ParamSpec(_Strict):
+class ParamSpec(StrictModel):
     type: Literal["uniform", "loguniform", "int", "choice"]
     low: float | None = None
     high: float | None = None
@@ -52,24 +49,24 @@ class ParamSpec(_Strict):
         return self
 
 
-class BudgetSpec(_Strict):
+class BudgetSpec(StrictModel):
     num_samples: int = Field(20, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
 
 
-class SchedulerSpec(_Strict):
+class SchedulerSpec(StrictModel):
     type: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)
     max_epochs: int | None = Field(None, ge=1)  # default: the base config's train.epochs
     reduction_factor: float = Field(3.0, gt=1.0)
 
 
-class ConfirmSpec(_Strict):
+class ConfirmSpec(StrictModel):
     top_k: int = Field(3, ge=0)
     splits: list[int] | Literal["all"] = "all"
 
 
-class SearchSpec(_Strict):
+class SearchSpec(StrictModel):
     name: str
     description: str = ""
     base: str
@@ -154,12 +151,12 @@ def load_search(path_or_dict: str | Path | dict[str, Any], set_overrides: list[s
     if isinstance(path_or_dict, dict):
         data, origin = dict(path_or_dict), "mapping"
     else:
-        source = Path(path_or_dict).resolve()
+        source = find_study(path_or_dict, "search space").resolve()
         data, origin = read_spec_file(source, "search space"), str(path_or_dict)
     try:
         spec = SearchSpec.model_validate(data)
     except ValidationError as exc:
-        raise format_spec_error(exc, origin, "search space") from None
+        raise spec_error(exc, SearchSpec, origin, "search space") from None
 
     bench = spec.benchmark
     base = load_raw(resolve_source((bench.base or spec.base).replace("{benchmark}", bench.name), source.parent if source else None))
@@ -211,8 +208,8 @@ def load_search(path_or_dict: str | Path | dict[str, Any], set_overrides: list[s
     bad = [i for i in confirm if not 0 <= i < cfg.data.split.n_splits]
     if bad:
         raise ConfigError(f"{origin}: confirm.splits {bad} out of range for n_splits={cfg.data.split.n_splits}")
-    if cfg.train.protocol != "clean" or cfg.data.split.val_fraction <= 0:
-        raise ConfigError(f"{origin}: a search optimises the validation part: needs train.protocol clean and data.split.val_fraction > 0")
+    if cfg.train.select_on != "val" or cfg.data.split.val_fraction <= 0:
+        raise ConfigError(f"{origin}: a search optimises the validation part: needs train.select_on val and data.split.val_fraction > 0")
     return SearchPlan(spec, source, cfg.to_dict(), distributions, defaults, int(max_epochs), confirm)
 
 

@@ -17,15 +17,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from tqdm.auto import tqdm
 
 from drx.config import build_config
 from drx.errors import ConfigError
+from drx.experiment import (
+    ABLATE_RUN, CONFIRM_RUN, SEARCH_RUN, error_line, latest_checkpoint, next_run_name, open_study_storage, run_folders, study_url,
+    trial_progress, validate_ray_state, write_trial_status,
+)
+from drx.search.grid import trial_key
 from drx.search.scratch import make_trial_scratch, remove_orphaned_scratch
+from drx.search.space import config_for
+from drx.train.trainer import run_trial
 
 # Testing hook (documented in docs/search.md): "GLOB:EPOCH" makes the trial whose name matches GLOB
 # raise once, right after reporting EPOCH, to exercise retries from the last checkpoint.
@@ -40,10 +52,6 @@ SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs",
 def _trial_body(cfg_dict: dict[str, Any], trial_name: str, fallback_resume: str | None = None) -> None:
     """Run one trial inside a Ray worker, resuming from Ray's checkpoint after a failure (or, when
     Ray's own state was lost, from the trial's last checkpoint of an earlier run)."""
-    import torch
-
-    from drx.train.trainer import run_trial
-
     cfg = build_config(cfg_dict, trial_name)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
     remove_orphaned_scratch()  # left by trials killed earlier on this node
@@ -87,8 +95,6 @@ def ablation_trainable(config: dict[str, Any], trials: dict[str, dict[str, Any]]
 def _grid_key(config: dict[str, Any]) -> str:
     """The planned trial of a grid point: the axes (variant, benchmark, split, fraction), or the
     trial key itself in a continuation run."""
-    from drx.search.grid import trial_key
-
     if "trial" in config:
         return config["trial"]
     return trial_key(config["variant"], config["benchmark"], config["split"], config.get("fraction", 1.0))
@@ -96,8 +102,6 @@ def _grid_key(config: dict[str, Any]) -> str:
 
 def search_trainable(config: dict[str, Any], plan: Any) -> None:
     """Ray trainable of an Optuna search: sampled values -> the base config with them applied."""
-    from drx.search.space import config_for
-
     name = f"{plan.spec.name}/search-{tune.get_context().get_trial_id()}"
     _trial_body(config_for(plan, config, name=name), name)
 
@@ -208,8 +212,6 @@ class ProgressPrinter(tune.Callback):
         self.t0 = time.perf_counter()
         self.bar = None
         if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, desc="trials", file=sys.stderr)
 
     def _line(self, trial, text: str) -> None:
@@ -238,6 +240,38 @@ class ProgressPrinter(tune.Callback):
             self.bar.close()
 
 
+class TrialStatusRecorder(tune.Callback):
+    """Writes drx's status record (:data:`drx.experiment.STATUS_NAME`) into each trial folder from
+    Ray's callbacks, so the report never reads Ray's private experiment state: ``running`` at start
+    and after each result, ``ok``/``stopped``/``diverged`` at completion, ``failed`` (with the
+    error's last line) when retries are exhausted; ``failures`` counts Ray's retries."""
+
+    def _write(self, trial, status: str, reason: str | None = None, **fields: Any) -> None:
+        write_trial_status(trial.path, status, reason, trial_id=trial.trial_id, failures=int(trial.num_failures), **fields)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._write(trial, "running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._write(trial, "running", epoch=result.get("epoch"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._write(trial, "running", f"retrying after failure {trial.num_failures}: {error_line(trial.path) or 'error'}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        epoch, planned = int(r.get("epoch") or 0), r.get("planned_epochs")
+        if r.get("status") == "diverged":
+            self._write(trial, "diverged", r.get("reason"), epoch=epoch)
+        elif planned is not None and epoch < int(planned):
+            self._write(trial, "stopped", f"stopped by the scheduler after epoch {epoch}", epoch=epoch)
+        else:
+            self._write(trial, "ok", epoch=epoch)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trial, "failed", error_line(trial.path) or "error")
+
+
 # --------------------------------------------------------------------------------------- running
 
 
@@ -248,7 +282,7 @@ def _run_config(name: str, storage: str, max_failures: int, callbacks: list) -> 
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         verbose=0,
-        callbacks=callbacks,
+        callbacks=[*callbacks, TrialStatusRecorder()],
         log_to_file=True,
     )
 
@@ -258,8 +292,6 @@ def fit_or_restore(exp_dir: Path, base: str, make_tuner: Callable[[str], Tuner],
     """Restore an interrupted run with Ray's own restore (finished trials are kept, unfinished and
     errored ones continue), else start it. When Ray's state was lost, ``continuation`` builds a
     run of what is left in a new folder ``base-rN``."""
-    from drx.search.experiment import next_run_name, run_folders, validate_ray_state
-
     runs = run_folders(exp_dir, base)
     latest = runs[-1] if runs else None
     if latest is not None and Tuner.can_restore(str(latest)) and validate_ray_state(latest):
@@ -282,8 +314,6 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
     copied it), the trials that have not finished run in a continuation folder ``trials-rN``, each
     from its last checkpoint: finished trials are never run again.
     """
-    from drx.search.experiment import ABLATE_RUN, latest_checkpoint, next_run_name, run_folders, trial_progress, validate_ray_state
-
     exp_dir = Path(storage) / name
     trials = {t.key: {"name": t.name, "config": t.config, "cpu": t.cpu, "gpu": t.gpu} for t in plan.trials}
     runs = run_folders(exp_dir, ABLATE_RUN)
@@ -355,33 +385,12 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
     return make().fit()
 
 
-def optuna_storage(spec_storage: str | None, exp_dir: str):
-    """The study's persistent storage: SQLite in the experiment folder, any RDB URL, or a journal file."""
-    import optuna
-
-    if spec_storage is None:
-        url = f"sqlite:///{Path(exp_dir).resolve() / 'optuna.db'}"
-        return optuna.storages.RDBStorage(url), url
-    if spec_storage.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = spec_storage[len("journal:") :]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(path)), spec_storage
-    return optuna.storages.RDBStorage(spec_storage), spec_storage
-
-
 def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, say=print):
     """The Optuna search over one split's validation objective, on Ray Tune."""
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from drx.search.experiment import SEARCH_RUN
-
     spec = plan.spec
     exp_dir = str(Path(storage) / name)
-    study_storage, url = optuna_storage(spec.storage, exp_dir)
+    url = study_url(spec.storage, exp_dir)
+    study_storage = open_study_storage(url)
     sampler = optuna.samplers.TPESampler(seed=spec.seed)
     searcher = OptunaSearch(
         space=plan.distributions,
@@ -429,8 +438,6 @@ def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, s
 
     def continuation(run_name: str, runs: list[Path]) -> Tuner | None:
         # The Optuna study persists: the sampler continues from every trial it was told about.
-        from drx.search.experiment import trial_progress
-
         done = sum(1 for run in runs for t in run.iterdir() if t.is_dir() and trial_progress(t)[0] != "new")
         left = spec.budget.num_samples - done
         return make(run_name, left) if left > 0 else None
@@ -440,8 +447,6 @@ def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, s
 
 def run_confirm(candidates: dict[str, dict[str, Any]], splits: list[int], storage: str, name: str, max_failures: int, resume: bool, say=print):
     """Re-run the best configurations without early stopping on the persisted splits."""
-    from drx.search.experiment import CONFIRM_RUN
-
     exp_dir = str(Path(storage) / name)
     any_cfg = build_config(next(iter(candidates.values())))
     trainable = tune.with_resources(
@@ -461,8 +466,6 @@ def run_confirm(candidates: dict[str, dict[str, Any]], splits: list[int], storag
         )
 
     def continuation(run_name: str, runs: list[Path]) -> Tuner | None:
-        from drx.search.experiment import latest_checkpoint, trial_progress
-
         progress: dict[str, tuple[str, Path]] = {}
         for run in runs:
             for t in (p for p in run.iterdir() if p.is_dir()):

@@ -7,7 +7,6 @@ config, the per-epoch metrics so far and the best-epoch bookkeeping.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from drx.errors import CheckpointError
+from drx.io import atomic_write
 
 FORMAT = "drx-trial-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -23,17 +23,8 @@ BEST_NAME = "best.pt"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """torch.save through :func:`drx.io.atomic_write`: never a half-written file."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict[str, Any]:

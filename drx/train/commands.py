@@ -8,10 +8,15 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+
+from drx.config import load_config
+from drx.metrics import METRICS
+from drx.train.predict import collect_images, load_trained, predict_images
+from drx.train.trainer import run_trial
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from drx.config import load_config
-    from drx.train.trainer import run_trial
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -30,17 +35,14 @@ def _final_table(result) -> str:
     def f(v):
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
 
-    rows = [("metric", f"last epoch ({result.epochs_completed})", f"selected epoch ({result.best_epoch}, {result.protocol} protocol)")]
-    for m in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
+    rows = [("metric", f"last epoch ({result.epochs_completed})", f"selected epoch ({result.best_epoch}, selected on {result.select_on})")]
+    for m in METRICS:
         rows.append((f"test {m}", f(result.final.get(f"test_{m}")), f(result.best.get(f"test_{m}"))))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    from drx.train.predict import collect_images, load_trained, predict_images
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, mos_range = load_trained(args.checkpoint, device)

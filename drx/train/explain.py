@@ -8,7 +8,7 @@ into ``<trial out>/explain/`` so the report reads plain files (the report never 
 * ``attention.npz``: for a few test images (first fixed crop): ``crops`` [N,H,W,3] uint8, ``prior``
   [N,E,gh,gw] (row 0 of softmax(A1) over the controller tokens), ``image`` [N,gh,gw] (row 0 of
   softmax(A2), the image encoder's class-token attention; per expert [N,E,gh,gw] under
-  compat reference), ``refined`` [N,E,gh,gw] (row 0 of softmax(A1) − α·softmax(A2)), ``prompts``,
+  compat authors), ``refined`` [N,E,gh,gw] (row 0 of softmax(A1) − α·softmax(A2)), ``prompts``,
   ``image_ids``, ``mos``. As in the paper's Fig. 3.
 """
 
@@ -21,43 +21,36 @@ import numpy as np
 import pandas as pd
 import torch
 
+from drx.config import ExperimentConfig
+from drx.data.transforms import denormalize
+from drx.train.scoring import model_device, mos_scaler, score_images
+
 N_ATTENTION_IMAGES = 4
 
 
 @torch.no_grad()
-def write_explanations(model, cfg, test_dataset, mos_range, out_dir: Path, device: torch.device, amp) -> dict[str, Path]:
-    from drx.data.loader import average_per_image, make_eval_loader
-    from drx.data.transforms import denormalize
-    from drx.train.trainer import _mos_scaler
-
+def write_explanations(model, cfg: ExperimentConfig, test_dataset, mos_range: tuple[float, float], out_dir: Path) -> dict[str, Path]:
+    """Write ``expert_weights.csv`` (``full``) and ``attention.npz`` (variants with a DSDM) into
+    `out_dir` for the test images of `test_dataset` (fixed crops); returns {kind: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     model.eval()
     ids = test_dataset.source.ids
-    _, to_mos = _mos_scaler(mos_range, cfg.train.target_range)
+    _, to_mos = mos_scaler(mos_range, cfg.train.target_range)
     if model.variant == "full":
-        scores, weights, index, mos = [], [], [], []
-        for images, m, idx in make_eval_loader(test_dataset, cfg.train.eval_batch_size or cfg.train.batch_size):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = model(images.to(device))
-            scores.append(out.score.float().cpu())
-            weights.append(out.expert_weights.float().cpu())
-            index.append(idx)
-            mos.append(m)
-        idx = torch.cat(index)
-        uniq, pred = average_per_image(torch.cat(scores), idx)
+        scores = score_images(model, test_dataset, cfg, expert_weights=True)
         table: dict[str, Any] = {
-            "image_id": [ids[int(i)] for i in uniq],
-            "mos": average_per_image(torch.cat(mos), idx)[1].numpy(),
-            "prediction": to_mos(pred.numpy().astype(np.float64)),
+            "image_id": [ids[int(i)] for i in scores.index],
+            "mos": scores.mos.astype(np.float32),
+            "prediction": to_mos(scores.score),
         }
-        w = torch.cat(weights)
         for e, prompt in enumerate(model.prompts):
-            table[prompt] = average_per_image(w[:, e], idx)[1].numpy()
+            table[prompt] = scores.expert_weights[:, e]
         path = out_dir / "expert_weights.csv"
         pd.DataFrame(table).to_csv(path, index=False)
         written["expert_weights"] = path
     if model.dsdm is not None and len(test_dataset):
+        device = model_device(model)
         n = min(N_ATTENTION_IMAGES, len(test_dataset) // max(1, test_dataset.crops_per_image))
         picks = [i * test_dataset.crops_per_image for i in range(n)]  # first fixed crop of the first images
         batch = torch.stack([test_dataset[i][0] for i in picks]).to(device)

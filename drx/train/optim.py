@@ -26,14 +26,14 @@ def param_groups(model: nn.Module, weight_decay: float, compat: str = "clean", l
     heads learn at the full rate.
 
     ``clean``: no decay for 0-/1-D tensors (norms, biases, PReLU, α, λ) and position/class
-    embeddings. ``reference``: the reference code's rule (no decay only for 1-D tensors and
+    embeddings. ``authors``: the authors' code's rule (no decay only for 1-D tensors and
     ``.bias``), which decays ``pos_embed``, ``cls_token``, the scalar α and λ.
     """
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if compat == "reference":
+        if compat == "authors":
             # λ is [D] here but [1, D] in the reference, where the 1-D rule does not exempt it.
             skip = (p.ndim == 1 or name.endswith(".bias")) and not name.endswith("lambda_")
         else:

@@ -10,9 +10,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drx.config import build_config
+from drx.builtin import resolve
+from drx.config import ExperimentConfig, build_config
+from drx.data.images import check_fits, load_image, resize_image
+from drx.data.loader import EvalCrops
 from drx.errors import DataError
+from drx.model import build_model
 from drx.train.checkpoint import load_checkpoint
+from drx.train.scoring import mos_scaler, score_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -26,15 +31,13 @@ class Prediction:
 
 def load_trained(checkpoint: str | Path, device: torch.device | None = None):
     """(model in eval mode, its ExperimentConfig, the MOS range it was trained on)."""
-    from drx.model import build_model
-
     state = load_checkpoint(checkpoint)
     cfg = build_config(state["config"], f"checkpoint {checkpoint}")
     # The checkpoint holds every trained encoder weight: the pretrained file is not needed (and a
     # built-in one would be built for nothing on a machine that only predicts).
     model_cfg = cfg.model.model_copy(deep=True)
     model_cfg.backbone.pretrained = None
-    model = build_model(model_cfg)
+    model = build_model(resolve(model_cfg))
     model.load_trainable_state_dict(state["model"])
     device = device or torch.device("cpu")
     model.to(device).eval()
@@ -58,12 +61,10 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     return files, errors
 
 
-def predict_images(model, cfg, mos_range, paths: list[Path], batch_size: int = 32) -> Prediction:
-    """Score each readable image over the config's fixed test crops; unreadable ones are listed."""
-    from drx.data.loader import EvalCrops, average_per_image, make_eval_loader
-    from drx.data.transforms import check_fits, load_image, resize_image
-    from drx.train.trainer import _mos_scaler
-
+def predict_images(model, cfg: ExperimentConfig, mos_range: tuple[float, float], paths: list[Path], batch_size: int = 32) -> Prediction:
+    """Score each readable image over the config's fixed test crops (``data.resize``, then
+    ``data.test_crops`` crops of ``model.img_size`` pixels); scores on the benchmark's MOS scale.
+    Unreadable or too small images are listed in ``errors``, never silently dropped."""
     good, errors = [], []
     for p in paths:
         try:
@@ -77,21 +78,10 @@ def predict_images(model, cfg, mos_range, paths: list[Path], batch_size: int = 3
         return Prediction(pd.DataFrame(columns=["image", "score", *prompts]), errors, prompts)
     manifest = pd.DataFrame({"image_id": [str(p) for p in good], "path": [str(p.resolve()) for p in good], "mos": np.nan})
     dataset = EvalCrops(manifest, cfg.model.img_size, cfg.data.test_crops, resize=cfg.data.resize, seed=cfg.data.test_crop_seed)
-    device = next(model.parameters()).device
-    scores, weights, index = [], [], []
-    with torch.no_grad():
-        for images, _, idx in make_eval_loader(dataset, batch_size):
-            out = model(images.to(device))
-            scores.append(out.score.float().cpu())
-            if out.expert_weights is not None:
-                weights.append(out.expert_weights.float().cpu())
-            index.append(idx)
-    idx = torch.cat(index)
-    _, mean_score = average_per_image(torch.cat(scores), idx)
-    _, to_mos = _mos_scaler(mos_range, cfg.train.target_range)
-    table: dict[str, Any] = {"image": [str(p) for p in good], "score": to_mos(mean_score.numpy().astype(np.float64))}
-    if weights:
-        w = torch.cat(weights)
+    scores = score_images(model, dataset, cfg, expert_weights=True, batch_size=batch_size)
+    _, to_mos = mos_scaler(mos_range, cfg.train.target_range)
+    table: dict[str, Any] = {"image": [str(good[int(i)]) for i in scores.index], "score": to_mos(scores.score)}
+    if scores.expert_weights is not None:
         for e, prompt in enumerate(prompts):
-            table[prompt] = average_per_image(w[:, e], idx)[1].numpy()
+            table[prompt] = scores.expert_weights[:, e]
     return Prediction(pd.DataFrame(table), errors, prompts)

@@ -7,13 +7,12 @@ pair) of one benchmark. Each epoch ends with an evaluation of the validation and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -21,10 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tqdm.auto import tqdm
+
+from drx.builtin import resolve
 from drx.config import ExperimentConfig, save_config
+from drx.data.benchmarks import get_adapter, load_manifest
+from drx.data.loader import EvalCrops, TrainCrops, make_train_loader
+from drx.data.splits import SplitParts, cross_dataset_parts, persisted_splits, select, split_parts
+from drx.errors import ConfigError
+from drx.io import atomic_write, atomic_write_json
+from drx.metrics import METRICS, iqa_metrics
+from drx.model import build_model
 from drx.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, FORMAT, atomic_save, load_checkpoint, restore_rng, rng_state
-from drx.train.metrics import METRICS, iqa_metrics
+from drx.train.explain import write_explanations
 from drx.train.optim import autocast_dtype, build_loss, build_optimizer, build_scheduler, train_step
+from drx.train.scoring import mos_scaler, score_images
 
 log = logging.getLogger("drx.train")
 
@@ -38,7 +48,7 @@ class TrialResult:
     """What a trial returns (and writes to ``result.json``)."""
 
     status: str  # "ok" | "diverged"
-    protocol: str  # "clean" (select on validation) | "reference" (select on test PLCC)
+    select_on: str  # "val" (best validation SRCC) | "test" (best test PLCC, the authors' habit)
     epochs_completed: int
     best_epoch: int | None  # the selected epoch (1-based)
     final: dict[str, float]  # last epoch's metrics
@@ -54,7 +64,7 @@ class TrialResult:
         """Flat record: status, test_* (last epoch), best_val_epoch, best_val_test_* ..."""
         out: dict[str, Any] = {
             "status": self.status,
-            "protocol": self.protocol,
+            "select_on": self.select_on,
             "epochs_completed": self.epochs_completed,
             "best_val_epoch": self.best_epoch,
             "diverged_epoch": self.diverged_epoch,
@@ -85,21 +95,8 @@ class TrialData:
     counts: dict[str, int]
 
 
-def _mos_scaler(mos_range: tuple[float, float], target_range: tuple[float, float] | None):
-    if target_range is None:
-        return (lambda m: float(m)), (lambda t: t)
-    a, b = mos_range
-    lo, hi = target_range
-    scale = (hi - lo) / (b - a)
-    return (lambda m: lo + (float(m) - a) * scale), (lambda t: a + (t - lo) / scale)
-
-
 def build_trial_data(cfg: ExperimentConfig) -> TrialData:
     """Manifest -> persisted split -> train/val/test datasets for this trial."""
-    from drx.data.benchmarks import get_adapter, load_manifest
-    from drx.data.loader import EvalCrops, TrainCrops
-    from drx.data.splits import cross_dataset_parts, persisted_splits, select, split_parts
-
     d = cfg.data
     s = d.split
     manifest = load_manifest(d.benchmark, d.root, d.options)
@@ -120,12 +117,10 @@ def build_trial_data(cfg: ExperimentConfig) -> TrialData:
             manifest, test_manifest, split_set, s.index if split_set is not None else None, s.val_fraction, s.seed
         )
         if s.fraction < 1.0:
-            from drx.data.splits import SplitParts
-
             keep = max(1, int(round(len(parts.train_ids) * s.fraction)))
             order = np.random.default_rng([s.seed, s.index, 2]).permutation(len(parts.train_ids))
             parts = SplitParts(tuple(sorted(parts.train_ids[i] for i in order[:keep])), parts.val_ids, parts.test_ids)
-    to_target, _ = _mos_scaler(mos_range, cfg.train.target_range)
+    to_target, _ = mos_scaler(mos_range, cfg.train.target_range)
     crop = cfg.model.img_size
     common = {"crop_size": crop, "resize": d.resize, "cache_images": d.cache_images}
     train = TrainCrops(
@@ -141,30 +136,11 @@ def build_trial_data(cfg: ExperimentConfig) -> TrialData:
 # ------------------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def predict_dataset(model, dataset, batch_size: int, device: torch.device, amp, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image mean of the model's raw scores over the dataset's fixed crops -> (scores [K], mos [K])."""
-    from drx.data.loader import average_per_image, make_eval_loader
-
-    model.eval()
-    preds, idxs, moss = [], [], []
-    loader = make_eval_loader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
-    for images, mos, index in loader:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            preds.append(model(images.to(device, non_blocking=True)).score.float().cpu())
-        idxs.append(index)
-        moss.append(mos)
-    index = torch.cat(idxs)
-    uniq, score = average_per_image(torch.cat(preds), index)
-    _, mos = average_per_image(torch.cat(moss), index)
-    return score.numpy().astype(np.float64), mos.numpy().astype(np.float64)
-
-
-def evaluate(model, dataset, cfg: ExperimentConfig, mos_range, device, amp) -> dict[str, float]:
-    """IQA metrics of a dataset, with predictions mapped back to its MOS scale."""
-    score, mos = predict_dataset(model, dataset, cfg.train.eval_batch_size or cfg.train.batch_size, device, amp, cfg.data.num_workers)
-    _, to_mos = _mos_scaler(mos_range, cfg.train.target_range)
-    return iqa_metrics(to_mos(score), mos)
+def evaluate(model, dataset, cfg: ExperimentConfig, mos_range: tuple[float, float]) -> dict[str, float]:
+    """IQA metrics of a dataset (:func:`drx.metrics.iqa_metrics`), predictions mapped back to its MOS scale."""
+    scores = score_images(model, dataset, cfg)
+    _, to_mos = mos_scaler(mos_range, cfg.train.target_range)
+    return iqa_metrics(to_mos(scores.score), scores.mos)
 
 
 # --------------------------------------------------------------------------------------- the loop
@@ -174,8 +150,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from drx.errors import ConfigError
-
         raise ConfigError("train.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     return torch.device(name)
 
@@ -186,10 +160,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _selection_key(metrics: dict[str, float], protocol: str) -> float:
-    # clean: validation SRCC; reference: test PLCC, as the reference code selects (>=, so later
-    # epochs win ties).
-    v = metrics.get("test_plcc" if protocol == "reference" else "val_srcc", float("nan"))
+def _selection_key(metrics: dict[str, float], select_on: str) -> float:
+    # val: validation SRCC; test: test PLCC, as the authors' code selects (>=, so later epochs win ties).
+    v = metrics.get("test_plcc" if select_on == "test" else "val_srcc", float("nan"))
     return v if math.isfinite(v) else -math.inf
 
 
@@ -224,17 +197,12 @@ def run_trial(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     amp = autocast_dtype(cfg.train.precision, device)
-    if cfg.train.protocol == "clean" and cfg.data.split.val_fraction == 0.0:
-        from drx.errors import ConfigError
-
-        raise ConfigError("train.protocol = 'clean' selects the epoch on a validation part: data.split.val_fraction must be > 0")
-
-    from drx.data.loader import make_train_loader
-    from drx.model import build_model
+    if cfg.train.select_on == "val" and cfg.data.split.val_fraction == 0.0:
+        raise ConfigError("train.select_on = 'val' selects the epoch on a validation part: data.split.val_fraction must be > 0")
 
     seed_everything(cfg.train.seed)
     data = build_trial_data(cfg)
-    model = build_model(cfg.model).to(device)
+    model = build_model(resolve(cfg.model)).to(device)
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(data.train) // cfg.train.batch_size)
     optimizer = build_optimizer(model, cfg.train, cfg.model.compat)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch)
@@ -280,8 +248,6 @@ def run_trial(
         loss_sum, n_steps = 0.0, 0
         bar = None
         if show_bars:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, file=sys.stderr)
         t_fetch = time.perf_counter()
         for images, targets, _ in loader:
@@ -330,8 +296,8 @@ def run_trial(
             "steps": n_steps,
         }
         if data.val is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate(model, data.val, cfg, data.mos_range, device, amp).items()})
-        metrics.update({f"test_{k}": v for k, v in evaluate(model, data.test, cfg, data.test_mos_range, device, amp).items()})
+            metrics.update({f"val_{k}": v for k, v in evaluate(model, data.val, cfg, data.mos_range).items()})
+        metrics.update({f"test_{k}": v for k, v in evaluate(model, data.test, cfg, data.test_mos_range).items()})
         metrics.update(
             {
                 "epoch_s": time.perf_counter() - t_eval + ep_wait + ep_compute,
@@ -340,8 +306,8 @@ def run_trial(
                 "compute_s": ep_compute,
             }
         )
-        key = _selection_key(metrics, cfg.train.protocol)
-        improved = key >= best_key if cfg.train.protocol == "reference" else key > best_key
+        key = _selection_key(metrics, cfg.train.select_on)
+        improved = key >= best_key if cfg.train.select_on == "test" else key > best_key
         if improved or best_epoch is None:
             best_key, best_epoch, best_metrics = key, epoch + 1, {k: v for k, v in metrics.items() if isinstance(v, float)}
         metrics["best_epoch"] = best_epoch
@@ -375,7 +341,7 @@ def run_trial(
             atomic_save(state, out / CHECKPOINT_NAME)
             _write_metrics_csv(history, out / "metrics.csv")
             if epoch + 1 == cfg.train.epochs:
-                _explain(model, cfg, data, out, device, amp, best_weights=(out / BEST_NAME) if cfg.train.keep_best else None)
+                _explain(model, cfg, data, out, best_weights=(out / BEST_NAME) if cfg.train.keep_best else None)
             ckpt_dir = out
         if report is not None:
             report(metrics, ckpt_dir)
@@ -383,7 +349,7 @@ def run_trial(
     ok_history = [h for h in history if h.get("status") == "ok"]
     result = TrialResult(
         status=status,
-        protocol=cfg.train.protocol,
+        select_on=cfg.train.select_on,
         epochs_completed=len(ok_history),
         best_epoch=best_epoch,
         final={k: v for k, v in (ok_history[-1] if ok_history else {}).items() if isinstance(v, float)},
@@ -397,21 +363,19 @@ def run_trial(
     )
     if out is not None:
         _write_metrics_csv(history, out / "metrics.csv")
-        (out / "result.json").write_text(json.dumps(_jsonable(result.summary()), indent=2))
+        atomic_write_json(out / "result.json", _jsonable(result.summary()))
     return result
 
 
-def _explain(model, cfg: ExperimentConfig, data: TrialData, out: Path, device, amp, best_weights: Path | None) -> None:
+def _explain(model, cfg: ExperimentConfig, data: TrialData, out: Path, best_weights: Path | None) -> None:
     """Expert weights and attention maps of the selected epoch's weights, into ``out/explain``."""
-    from drx.train.explain import write_explanations
-
     if model.variant not in ("full", "dsdm"):
         return
     last = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
     if best_weights is not None and best_weights.is_file():
         model.load_trainable_state_dict(load_checkpoint(best_weights)["model"])
     try:
-        write_explanations(model, cfg, data.test, data.test_mos_range, out / "explain", device, amp)
+        write_explanations(model, cfg, data.test, data.test_mos_range, out / "explain")
     finally:
         model.load_trainable_state_dict(last)
 
@@ -429,13 +393,11 @@ def _epoch_line(m: dict[str, Any], epochs: int) -> str:
 
 
 def _write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(history).to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-__all__ = ["TrialResult", "run_trial", "build_trial_data", "evaluate", "predict_dataset", "asdict"]
+__all__ = ["TrialResult", "run_trial", "build_trial_data", "evaluate"]
