@@ -29,7 +29,7 @@ from plotly.subplots import make_subplots
 from drx.data.benchmarks import benchmark_label
 from drx.experiment import Experiment, explain_file, open_study_storage
 from drx.metrics import metric_label
-from drx.report.tables import AblationTable
+from drx.report.tables import AblationTable, finite, fixed
 
 __all__ = [
     "NoFigure",
@@ -134,21 +134,12 @@ def in_run(runs: pd.Series, base: str | None) -> pd.Series:
 
 
 def _fmt(x: Any, digits: int = 4, signed: bool = False) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
-        return "–"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    return fixed(x, digits, signed, missing="–")
 
 
 def _p(p: Any) -> str:
-    try:
-        v = float(p)
-    except (TypeError, ValueError):
-        return "not tested"
-    if not math.isfinite(v):
+    v = finite(p)
+    if v is None:
         return "not tested"
     return "< 0.001" if v < 0.001 else f"{v:.3f}"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from drx.experiment import Experiment
 from drx.report import figures as F
 from drx.report.protocol import protocol_note
 from drx.report.render import static_text
-from drx.report.tables import AblationTable, render_table
+from drx.report.tables import AblationTable, finite, fixed, render_table
 
 __all__ = ["write_report", "PLOTLY_CONFIG", "STATUS_ORDER"]
 
@@ -95,22 +94,12 @@ class _Figures:
 
 
 def _num(x: Any, digits: int = 3, signed: bool = False) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(v):
-        return "—"
-    s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-    return s.replace("-", "−")
+    return fixed(x, digits, signed, missing="—").replace("-", "−")
 
 
 def _duration(seconds: Any) -> str:
-    try:
-        s = float(seconds)
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(s):
+    s = finite(seconds)
+    if s is None:
         return "—"
     if s < 120:
         return f"{s:.0f} s"

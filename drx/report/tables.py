@@ -419,23 +419,31 @@ class Note:
     floor: bool = False
 
 
-def _fixed(x: Any, digits: int, signed: bool = False) -> str:
-    """``x`` with ``digits`` decimals (ASCII minus), "" when it is not a finite number."""
+def finite(x: Any) -> float | None:
+    """``float(x)`` when `x` is a finite number, else None (None, NaN, text): the report's one test
+    of whether a value can be shown."""
     try:
         v = float(x)
     except (TypeError, ValueError):
-        return ""
-    if not math.isfinite(v):
-        return ""
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fixed(x: Any, digits: int, signed: bool = False, missing: str = "") -> str:
+    """``x`` with ``digits`` decimals (ASCII minus; ``signed`` adds +), `missing` when not finite."""
+    v = finite(x)
+    if v is None:
+        return missing
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def _fixed(x: Any, digits: int, signed: bool = False) -> str:
+    return fixed(x, digits, signed)
+
+
 def _p_text(p: Any) -> str:
-    try:
-        v = float(p)
-    except (TypeError, ValueError):
-        return ""
-    if not math.isfinite(v):
+    v = finite(p)
+    if v is None:
         return ""
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 

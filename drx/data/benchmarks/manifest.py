@@ -81,6 +81,22 @@ def apply_exclusions(frame: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, pd.
     return frame[keep].reset_index(drop=True), excl
 
 
+def checked_labels(adapter, root: Path, opts: dict) -> pd.DataFrame:
+    """The adapter's labels of `root`, with its warnings logged and the MOS checked against its
+    range; raises DataError listing every problem (empty file, NaN or out-of-range MOS, ...)."""
+    labels = adapter.parse(root, opts)
+    for w in labels.warnings:
+        log.warning(w)
+    frame = labels.frame
+    if len(frame) == 0:
+        raise DataError(label_problems(frame, labels.label_file, 0, 0, adapter.name)[0])
+    rng = adapter.mos_range(opts, frame)
+    problems = label_problems(frame, labels.label_file, rng[0], rng[1], adapter.name)
+    if problems:
+        raise DataError("\n  ".join(problems))
+    return labels, frame, rng
+
+
 def check_prepared(root: Path) -> None:
     """DataError when `root` is a prepared copy that is damaged or was left incomplete."""
     marker = root / PREPARED_FILE
@@ -125,16 +141,7 @@ def load_manifest(benchmark: str, root: str | Path | None, options: dict[str, An
     opts = adapter.resolve_options(options)
     rootp = adapter.resolve_root(root, opts)
     check_prepared(rootp)
-    labels = adapter.parse(rootp, opts)
-    for w in labels.warnings:
-        log.warning(w)
-    frame = labels.frame
-    if len(frame) == 0:
-        raise DataError(label_problems(frame, labels.label_file, 0, 0, adapter.name)[0])
-    rng = adapter.mos_range(opts, frame)
-    problems = label_problems(frame, labels.label_file, rng[0], rng[1], adapter.name)
-    if problems:
-        raise DataError("\n  ".join(problems))
+    labels, frame, rng = checked_labels(adapter, rootp, opts)
     frame, excl = apply_exclusions(frame, rootp)
     if len(frame) == 0:
         raise DataError(f"{rootp / EXCLUDED_FILE}: every image of {labels.label_file} is excluded; nothing left to use")

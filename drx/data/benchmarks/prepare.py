@@ -14,9 +14,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from drx.data.benchmarks.base import EXCLUDED_FILE, PREPARED_FILE, Adapter, get_adapter, log
+from drx.data.benchmarks.base import EXCLUDED_FILE, PREPARED_FILE, Adapter, get_adapter
 from drx.data.benchmarks.check import cancel_on_error, default_workers
-from drx.data.benchmarks.manifest import apply_exclusions, check_prepared, label_problems
+from drx.data.benchmarks.manifest import apply_exclusions, check_prepared, checked_labels
 from drx.data.images import ResizeConfig, load_image, resize_image, resized_size
 from drx.errors import DataError
 from drx.io import TMP_SUFFIX, atomic_write, atomic_write_text, file_lock
@@ -126,16 +126,7 @@ def prepare_benchmark(
     out = Path(cache).expanduser().absolute() / adapter.name
     if out.resolve() == rootp.resolve():
         raise DataError(f"{out}: the prepared copy would overwrite the benchmark itself; choose another --cache folder")
-    labels = adapter.parse(rootp, opts)
-    for w in labels.warnings:
-        log.warning(w)
-    frame = labels.frame
-    if len(frame) == 0:
-        raise DataError(label_problems(frame, labels.label_file, 0, 0, adapter.name)[0])
-    rng = adapter.mos_range(opts, frame)
-    problems = label_problems(frame, labels.label_file, rng[0], rng[1], adapter.name)
-    if problems:
-        raise DataError("\n  ".join(problems))
+    labels, frame, rng = checked_labels(adapter, rootp, opts)
     frame, carried = apply_exclusions(frame, rootp)
     rel_paths = []
     for p in frame["path"]:
