@@ -52,6 +52,7 @@ from drx.experiment import (
     write_trial_status,
 )
 from drx.io import atomic_write_json
+from drx.metrics import METRICS
 from drx.search.grid import load_ablation
 from drx.search.space import config_for, load_search
 
@@ -305,7 +306,7 @@ def _epoch_rows(rng: np.random.Generator, final_val: float, final_test: float, n
         if diverge_at is not None and e == diverge_at:
             row: dict[str, Any] = {"epoch": e, "status": "diverged", "reason": f"non-finite loss (nan) at step {e * 97 - 13}",
                                    "planned_epochs": planned}
-            row.update({f"{p}_{m}": float("nan") for p in ("val", "test") for m in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")})
+            row.update({f"{p}_{m}": float("nan") for p in ("val", "test") for m in METRICS})
             rows.append(row)
             break
         shape = math.exp(-(e - 1) / max(0.5, n_epochs / 6))  # a rise, then a plateau where noise picks the best epoch
