@@ -158,6 +158,10 @@ class ModelConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
+    # random: persisted random train/test splits (seed, n_splits, train_fraction), the validation part
+    # carved from the training part (val_fraction). official: the benchmark's own train/validation/
+    # test parts, from the labels' split column or from `file` (docs/data.md); n_splits defaults to 1.
+    protocol: Literal["random", "official"] = "random"
     index: int = Field(0, ge=0)
     n_splits: int = Field(10, ge=1)
     seed: int = 0
@@ -166,8 +170,17 @@ class SplitConfig(StrictModel):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # Data-efficiency subset of the training part (nested across fractions), same test part.
     fraction: float = Field(1.0, gt=0.0, le=1.0)
-    # Explicit split file; default: <data.cache or ~/.cache/drx>/splits/<benchmark>-....json
+    # Explicit split file; default: <data.cache or ~/.cache/drx>/splits/<benchmark>-....json. Under
+    # protocol official: a file whose splits list train, val and test ids (else the labels' column).
     file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _official_has_one_split(cls, data: Any) -> Any:
+        # An official split is one split unless its file holds more: n_splits defaults to 1 there.
+        if isinstance(data, dict) and data.get("protocol") == "official" and "n_splits" not in data:
+            data = {**data, "n_splits": 1}
+        return data
 
     @model_validator(mode="after")
     def _index_in_range(self) -> "SplitConfig":

@@ -71,3 +71,27 @@ def file_lock(path: str | Path, blocking: bool = True) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+#: Mount types of network and cluster file systems: several machines see one folder, and SQLite's
+#: WAL mode (which needs shared memory between its users) cannot work there.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "glusterfs", "fuse.glusterfs",
+    "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse", "9p", "virtiofs", "wekafs", "fuse.sshfs",
+})
+
+
+def filesystem_type(path: str | Path) -> str:
+    """The mount type holding `path` (the longest matching mount point in /proc/mounts), or
+    ``unknown`` where /proc/mounts cannot be read (macOS, Windows)."""
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    target = str(Path(path).resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
+    return kind

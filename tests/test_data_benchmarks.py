@@ -129,7 +129,7 @@ def test_livefb_patch_rows_are_an_error_naming_the_rows(tmp_path):
 
 def test_livefb_pyiqa_meta_file_gets_a_hint(tmp_path):
     write_csv(tmp_path / "labels_image.csv", ["img_name/patch_name", "mos", "split"], [["a.jpg", 50, "train"]])
-    with pytest.raises(DataError, match=r"missing column 'name'.*pyiqa meta file"):
+    with pytest.raises(DataError, match=r"holds pyiqa's meta_info_FLIVEDataset.csv"):
         B.load_manifest("livefb", tmp_path)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -152,53 +150,7 @@ def test_a_diverging_trial_is_recorded_with_its_reason_and_not_retried(grid_expe
     assert "2 diverged" in md
 
 
-@pytest.mark.slow
-def test_killed_driver_loses_no_finished_trial_and_rerun_finishes_the_rest(tmp_path, monkeypatch):
-    scratch = tmp_path / "scratch"
-    monkeypatch.setenv("DRX_SCRATCH", str(scratch))  # inherited by the driver below and by Ray's workers
-    spec = write_spec(tmp_path / "kill.yaml", name="kill", overrides={**FAST, "train.epochs": 2})
-    storage = tmp_path / "exp"
-    cmd = [sys.executable, "-m", "drx.cli", "ablate", str(spec), "--storage", str(storage), "--max-concurrent", "1"]
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run_dir = storage / "kill" / "trials"
-    deadline = time.time() + 400
-    finished: dict[str, list[str]] = {}
-    while time.time() < deadline and proc.poll() is None:
-        for res in run_dir.glob("*/result.json"):
-            lines = res.read_text().splitlines()
-            if len(lines) >= 2:
-                finished[res.parent.name] = lines
-        if finished:
-            break
-        time.sleep(0.2)
-    assert finished, "no trial finished before the deadline"
-    print(f"first trial finished after {time.time() - t0:.0f} s")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
-    proc.wait()
-    print(f"killed after {time.time() - t0:.0f} s")
-    # Ray copies its experiment state to storage non-atomically; a kill during that copy leaves the
-    # file cut short (seen here). Simulate that worst case: drx must still lose no finished trial.
-    for state in run_dir.glob("experiment_state-*.json"):
-        state.write_text(state.read_text()[:20])
-    # The killed trial's scratch folder may or may not exist (it depends on when the kill came);
-    # one of a dead process certainly does.
-    orphan = scratch / "orphan-trial-x"
-    orphan.mkdir(parents=True)
-    (orphan / "checkpoint.pt").write_bytes(b"0" * 1000)
-    (orphan / "owner").write_text(f"{socket.gethostname()}\n{dead_pid()}\n\n")
-    rc = drx_main(["ablate", str(spec), "--storage", str(storage), "--max-concurrent", "1"])
-    assert rc == 0
-    assert (storage / "kill" / "trials-r2").is_dir()
-    # Every scratch folder is gone: the rerun's own trials removed theirs, the dead ones were swept.
-    assert sorted(p.name for p in scratch.iterdir()) == []
-    from drx.experiment import read_experiment
-
-    exp = read_experiment(storage / "kill")
-    assert (exp.trials()["status"] == "ok").all() and len(exp.trials()) == 4
-    for name, lines in finished.items():
-        # The trial that had finished before the kill was not run again.
-        assert (run_dir / name / "result.json").read_text().splitlines() == lines
+# The killed-driver tests (grids and searches, one killing helper) are in test_resume.py.
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def test_a_non_editable_install_runs_the_packaged_demo_study_from_an_empty_folde
                            capture_output=True, text=True, check=True)
     assert json.loads(where.stdout).startswith(str(site))  # the installed copy, not the checkout
     helped = subprocess.run([sys.executable, "-m", "drx.cli", "demo", "--help"], cwd=empty, env=env, capture_output=True, text=True)
-    assert helped.returncode == 0 and "packaged 'demo' study" in helped.stdout
+    assert helped.returncode == 0 and "packaged 'demo' study" in " ".join(helped.stdout.split())  # argparse wraps lines
     dry = subprocess.run([sys.executable, "-m", "drx.cli", "ablate", "demo", "--dry-run"], cwd=empty, env=env, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert "ablation demo: 10 variants x 1 benchmarks x 3 splits = 30 trials; baseline row: full" in dry.stdout

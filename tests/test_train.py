@@ -21,6 +21,7 @@ from drx.builtin import resolve
 from drx.cli import main as drx_main
 from drx.config import ConfigError, load_config, save_config
 from drx.metrics import iqa_metrics, logistic4
+from drx.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 from drx.train.optim import LRSchedule, param_groups
 from drx.train.trainer import run_trial
 
@@ -138,9 +139,9 @@ def test_trial_writes_metrics_result_config_and_checkpoint(tmp_path):
     assert summary["best_val_test_srcc"] == pytest.approx(best["test_srcc"])
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2, 3]
-    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "best.pt").is_file()
+    assert (tmp_path / CHECKPOINT_NAME).is_file() and (tmp_path / BEST_NAME).is_file()
     # The checkpoint holds no prior weights.
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert not any(k.startswith("prior.") for k in state["model"])
     # The saved config reproduces the trial's config.
     assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()
@@ -203,7 +204,7 @@ def test_killed_trial_resumes_to_the_same_result(tmp_path):
     proc.wait()
     done = len(pd.read_csv(killed / "metrics.csv"))
     assert 2 <= done < 4 and not (killed / "result.json").exists()
-    assert drx_main([*args, "--out", str(killed), "--resume", str(killed / "checkpoint.pt")]) == 0
+    assert drx_main([*args, "--out", str(killed), "--resume", str(killed / CHECKPOINT_NAME)]) == 0
     a = json.loads((full / "result.json").read_text())
     b = json.loads((killed / "result.json").read_text())
     for key in ("test_srcc", "test_plcc", "test_rmse", "val_srcc", "best_val_epoch", "best_val_test_srcc"):
@@ -255,7 +256,7 @@ def test_predict_scores_a_folder_with_expert_weights_and_reports_bad_images(tmp_
         (images / name).write_bytes((root / "images" / name).read_bytes())
     (images / "broken.png").write_bytes(b"\x89PNG not really")
     Image.new("RGB", (20, 20)).save(images / "tiny.png")
-    rc = drx_main(["predict", str(out / "best.pt"), str(images), "--format", "json"])
+    rc = drx_main(["predict", str(out / BEST_NAME), str(images), "--format", "json"])
     captured = capsys.readouterr()
     assert rc == 1
     data = json.loads(captured.out)
@@ -281,13 +282,12 @@ def test_predict_scores_a_folder_with_expert_weights_and_reports_bad_images(tmp_
 def test_predict_does_not_need_the_pretrained_encoder_file(tmp_path):
     from drx.model import build_model
     from drx.model.weights import deit3_official_state_dict
-    from drx.train.checkpoint import atomic_save
     from drx.train.predict import load_trained
 
     pretrained = tmp_path / "encoder.pt"
-    atomic_save(deit3_official_state_dict(build_model(load_config("tiny", ["model.prior.checkpoint=null", "model.backbone.pretrained=null"]).model).encoder.vit), pretrained)
+    torch.save(deit3_official_state_dict(build_model(load_config("tiny", ["model.prior.checkpoint=null", "model.backbone.pretrained=null"]).model).encoder.vit), pretrained)
     run_trial(quick(f"model.backbone.pretrained={pretrained}", "train.epochs=1"), out_dir=tmp_path / "run", progress=False)
-    trained = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)["model"]
+    trained = load_checkpoint(tmp_path / "run" / BEST_NAME)["model"]
     pretrained.unlink()  # e.g. the checkpoint was copied to a machine that only predicts
-    model, _, _ = load_trained(tmp_path / "run" / "best.pt")
+    model = load_trained(tmp_path / "run" / BEST_NAME).model
     assert torch.equal(model.encoder.vit.pos_embed, trained["encoder.vit.pos_embed"])

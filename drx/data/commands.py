@@ -86,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="validate labels and decode every image",
         description="Validate a benchmark: layout, every label row, a full decode of every image. Prints counts, "
-        "MOS statistics and every missing, unreadable or unexpected file by name; exit status 1 when unusable.",
+        "MOS statistics and every missing, unreadable, probably damaged (decodes, but e.g. a zero-filled hole or a "
+        "near-constant image) or unexpected file by name; exit status 1 when unusable.",
     )
     _benchmark_arg(p)
     p.add_argument("--root", help="benchmark folder (optional for 'embedded')")
@@ -107,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--size", type=int, default=384, help="shorter side in px (aspect kept, never enlarged; default 384)")
     g.add_argument("--compat", choices=["authors"], help="the authors' fixed HxW resize (koniq/livefb/spaq 512x384, bid 512x512, livec none)")
-    p.add_argument("--skip-bad", action="store_true", help="exclude unreadable images (listed in drx-excluded.csv) instead of failing")
+    p.add_argument("--skip-bad", action="store_true", help="exclude unreadable and probably damaged images (listed with the reason in drx-excluded.csv) instead of failing")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="adapter option (repeatable)")
     p.add_argument("--workers", type=int, default=None, help="threads (default: CPU count, at most 8)")
     p.set_defaults(func=_prepare)

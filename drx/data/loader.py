@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from drx.data.images import ResizeConfig, check_fits, load_image, resize_image
+from drx.data.images import ResizeConfig, check_fits, load_image, prepared_resize, resize_image
 from drx.data.transforms import crop_array, fixed_crop_positions, random_crop_position, rng_seed, to_tensor
 from drx.errors import DataError
 
@@ -36,11 +36,15 @@ def _manifest_columns(manifest: pd.DataFrame) -> tuple[list[str], list[str], np.
 class _ImageSource:
     """Decodes (and optionally keeps) the resized uint8 images of a manifest."""
 
-    def __init__(self, manifest: pd.DataFrame, resize: ResizeConfig | dict[str, Any] | None, cache_images: bool):
+    def __init__(self, manifest: pd.DataFrame, resize: ResizeConfig | dict[str, Any] | None, cache_images: bool,
+                 prepared: ResizeConfig | dict[str, Any] | None = None):
         self.ids, self.paths, self.mos = _manifest_columns(manifest)
         if isinstance(resize, dict):
             resize = ResizeConfig.model_validate(resize)
+        if isinstance(prepared, dict):
+            prepared = ResizeConfig.model_validate(prepared)
         self.resize = resize
+        self.prepared = prepared
         self.cache_images = cache_images
         # Filled lazily in each worker process (a copy per worker; fine for small benchmarks).
         self._cache: dict[int, np.ndarray] = {}
@@ -54,7 +58,10 @@ class _ImageSource:
             arr = self._cache.get(index)
             if arr is not None:
                 return arr
-        img = resize_image(load_image(self.paths[index]), self.resize)
+        img = load_image(self.paths[index])
+        if self.prepared is not None:  # the prepared copy's resize first (shrink-only, as `prepare` did)
+            img = resize_image(img, prepared_resize(img.width, img.height, self.prepared))
+        img = resize_image(img, self.resize)
         arr = np.asarray(img, dtype=np.uint8)
         if self.cache_images:
             self._cache[index] = arr
@@ -138,10 +145,13 @@ class EvalCrops(Dataset):
         resize: ResizeConfig | dict[str, Any] | None = None,
         seed: int = 0,
         cache_images: bool = False,
+        prepared: ResizeConfig | dict[str, Any] | None = None,
     ):
+        # `prepared`: the resize a `drx data prepare` copy applied to the training images, repeated
+        # (shrink-only) before `resize` for original-size images given to `drx predict`.
         if crop_size < 1 or crops_per_image < 1:
             raise DataError(f"crop_size and crops_per_image must be >= 1, got {crop_size} and {crops_per_image}")
-        self.source = _ImageSource(manifest, resize, cache_images)
+        self.source = _ImageSource(manifest, resize, cache_images, prepared)
         self.crop_size = int(crop_size)
         self.crops_per_image = int(crops_per_image)
         self.seed = int(seed)

@@ -1,10 +1,19 @@
-"""Persisted train/test splits, the validation carve-out, nested data-efficiency subsets and
-cross-dataset parts.
+"""Persisted train/test splits, the validation carve-out, official splits, nested
+data-efficiency subsets, cross-dataset parts, and the check that a selection part can rank.
 
-A split file is written once per (benchmark, manifest ids, seed, n_splits, train_fraction) and
-read by every variant and trial afterwards, so results pair by split index. A file that does not
-match the manifest or the request is an error, never silently regenerated. The test part of a
-split is never used for any selection: the validation part is carved from the training part.
+Two protocols (``data.split.protocol``):
+
+* ``random``: a split file is written once per (benchmark, manifest ids, seed, n_splits,
+  train_fraction) and read by every variant and trial afterwards, so results pair by split index.
+  A file that does not match the manifest or the request is an error, never silently regenerated.
+  The validation part is carved from the training part.
+* ``official``: the benchmark's own train/validation/test parts, from the manifest's
+  ``official_split`` column (filled by the adapter from the labels' ``set``/``split`` column) or
+  from a split file whose splits list ``train``, ``val`` and ``test`` ids (:func:`official_splits`).
+
+The test part of a split is never used for any selection. A part that selects epochs (the
+validation part; the test part under ``train.select_on test``) must be able to rank: at least
+:data:`MIN_RANK_IMAGES` images with at least two different MOS (:func:`check_rankable`).
 """
 
 from __future__ import annotations
@@ -18,12 +27,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from drx.data.benchmarks.base import OFFICIAL_COLUMN, OFFICIAL_PARTS
 from drx.data.transforms import rng_seed
 from drx.errors import DataError
 from drx.io import atomic_write_text
 from drx.paths import cache_dir
 
 FORMAT = "drx-splits-v1"
+#: The fewest images a selection part (validation; test under train.select_on test) may have. SRCC
+#: and PLCC are defined from 3 images and a constant MOS makes them undefined; 5 is the floor at
+#: which a ranking can move at all (it is not a reliable one: use tens of images or more).
+MIN_RANK_IMAGES = 5
 
 
 def _few(items: Iterable[str], limit: int = 5) -> str:
@@ -48,9 +62,13 @@ def default_split_path(
 
 @dataclass(frozen=True)
 class Split:
+    """One split's image ids. ``val`` is the split's own validation part (official splits); None
+    means the validation part is carved from ``train`` (random splits)."""
+
     index: int
     train: tuple[str, ...]
     test: tuple[str, ...]
+    val: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -67,6 +85,10 @@ class SplitSet:
     path: Path | None = None
     # image_id -> group, from the manifest (not stored in the file; used for grouped carve-outs).
     groups: dict[str, str] | None = field(default=None, repr=False)
+    # "random" (carved validation parts) or "official" (each split has its own validation part).
+    protocol: str = "random"
+    # Where an official split comes from ("column 'set' of .../koniq10k_distributions_sets.csv").
+    source: str | None = None
 
     def __len__(self) -> int:
         return len(self.splits)
@@ -174,6 +196,11 @@ def _read_split_file(path: Path) -> dict:
         raise DataError(f"{path}: not a valid split file (JSON error: {exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{path}: not a drx split file (expected format {FORMAT!r})")
+    if data.get("protocol") == "official" or any(isinstance(s, dict) and "val" in s for s in data.get("splits") or []):
+        raise DataError(
+            f"{path}: an official split file (its splits list their own validation part, 'val'); the random protocol "
+            "would not use it: set data.split.protocol official"
+        )
     for key in ("benchmark", "seed", "n_splits", "train_fraction", "grouped", "fingerprint", "splits"):
         if key not in data:
             raise DataError(f"{path}: split file lacks the key {key!r}")
@@ -259,6 +286,93 @@ def persisted_splits(
     return split_set
 
 
+# ------------------------------------------------------------------------------ official splits
+
+
+def _read_official_file(path: Path, ids: set[str]) -> list[Split]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not a valid split file (JSON error: {exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split file ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("splits"), list) or not data["splits"]:
+        raise DataError(f"{path}: not a drx split file (expected format {FORMAT!r} and a non-empty list 'splits')")
+    splits = []
+    for k, s in enumerate(data["splits"]):
+        if not isinstance(s, dict) or not all(isinstance(s.get(p), list) for p in OFFICIAL_PARTS):
+            raise DataError(f"{path}: split {k} must list image ids under 'train', 'val' and 'test' (an official split has its own validation part)")
+        parts = {p: [str(x) for x in s[p]] for p in OFFICIAL_PARTS}
+        listed = [i for p in OFFICIAL_PARTS for i in parts[p]]
+        unknown = sorted(set(listed) - ids)
+        if unknown:
+            raise DataError(
+                f"{path}: split {k} names {len(unknown)} image id(s) that are not in the manifest: {_few(unknown)}; "
+                "the split file was made for other data (images excluded by drx-excluded.csv must leave the split file too)"
+            )
+        absent = sorted(ids - set(listed))
+        if absent:
+            raise DataError(f"{path}: {len(absent)} manifest image id(s) are in no part of split {k}: {_few(absent)}")
+        seen: dict[str, str] = {}
+        for p in OFFICIAL_PARTS:
+            for i in parts[p]:
+                if i in seen:
+                    raise DataError(f"{path}: split {k} puts image id {i!r} in both {seen[i]} and {p}")
+                seen[i] = p
+        splits.append(Split(k, tuple(sorted(parts["train"])), tuple(sorted(parts["test"])), tuple(sorted(parts["val"]))))
+    return splits
+
+
+def official_splits(manifest: pd.DataFrame, path: str | Path | None = None, benchmark: str | None = None) -> SplitSet:
+    """The benchmark's official split(s), each with its own validation part.
+
+    From `path` when given: a drx split file (format ``drx-splits-v1``) whose ``splits`` each list
+    the image ids of ``train``, ``val`` and ``test`` (every manifest id in exactly one part). Else
+    from the manifest's :data:`OFFICIAL_COLUMN` column (one split, index 0), which the adapters fill
+    from the labels' split column (KonIQ's ``set``, the csv option ``split_column``). DataError
+    naming the file, ids or column when there is no official split or it does not fit the manifest.
+    """
+    ids_list = manifest["image_id"].astype(str).tolist()
+    ids = set(ids_list)
+    benchmark = benchmark or str(manifest.attrs.get("benchmark", "custom"))
+    groups = _groups_of(manifest)
+    fingerprint = manifest_fingerprint(ids)
+    if path is not None:
+        p = Path(path).expanduser()
+        splits = _read_official_file(p, ids)
+        return SplitSet(benchmark, 0, len(splits), float("nan"), groups is not None, fingerprint, splits, p, groups, "official", f"split file {p}")
+    if OFFICIAL_COLUMN not in manifest.columns:
+        label = manifest.attrs.get("label_file") or "the label file"
+        raise DataError(
+            f"data.split.protocol official: {label} ({benchmark}) carries no official split. Give the labels' split column "
+            "(csv: option split_column=<column>; koniq: koniq10k_distributions_sets.csv with its `set` column, in the root or "
+            "option sets_file=<path>) or a split file listing train/val/test ids (data.split.file); see docs/data.md"
+        )
+    part = manifest[OFFICIAL_COLUMN].astype(str)
+    by = {p: tuple(sorted(manifest.loc[part == p, "image_id"].astype(str))) for p in OFFICIAL_PARTS}
+    source = manifest.attrs.get("official_split_source") or f"column {OFFICIAL_COLUMN!r} of the manifest"
+    split = Split(0, by["train"], by["test"], by["val"])
+    if not split.train or not split.test:
+        counts = ", ".join(f"{len(by[p])} {p}" for p in OFFICIAL_PARTS)
+        raise DataError(f"data.split.protocol official: the official split ({source}) has {counts}; it needs training and test images")
+    return SplitSet(benchmark, 0, 1, float("nan"), groups is not None, fingerprint, [split], None, groups, "official", source)
+
+
+def check_rankable(ids: Sequence[str], mos: dict[str, float], what: str, remedy: str) -> None:
+    """DataError when the images `ids` cannot rank epochs: fewer than :data:`MIN_RANK_IMAGES` of
+    them, or all with the same MOS (SRCC and PLCC are then undefined at every epoch). `what` names
+    the part (``"the validation part of split 0"``), `remedy` the option to change."""
+    n = len(ids)
+    if n < MIN_RANK_IMAGES:
+        raise DataError(
+            f"{what} has {n} image(s); selecting an epoch ranks images by SRCC/PLCC, which needs at least {MIN_RANK_IMAGES} "
+            f"images with different MOS (more for a reliable choice): {remedy}"
+        )
+    values = {float(mos[i]) for i in ids}
+    if len(values) < 2:
+        raise DataError(f"{what}: all {n} images have MOS {values.pop():g}, so SRCC/PLCC are undefined at every epoch: {remedy}")
+
+
 # -------------------------------------------------------------------------------------- parts
 
 
@@ -288,7 +402,8 @@ def _subset(rest: Sequence[str], groups: dict[str, str] | None, fraction: float,
 def split_parts(split_set: SplitSet, index: int, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0) -> SplitParts:
     """Train/val/test ids of split `index`.
 
-    The validation part (``val_fraction`` of the training part; whole groups when grouped) is
+    An official split (``split.val`` set) keeps its own validation part and `val_fraction` is not
+    used. Otherwise the validation part (``val_fraction`` of the training part; whole groups when grouped) is
     drawn with ``default_rng([seed, index, 1])`` and is the same for every `fraction`. The
     training part is then the first `fraction` of the rest in the order of
     ``default_rng([seed, index, 2])``, so smaller fractions are nested in larger ones. The test
@@ -298,7 +413,10 @@ def split_parts(split_set: SplitSet, index: int, val_fraction: float = 0.1, frac
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     split = split_set[index]
     groups = split_set.groups
-    val, rest = _carve_val(split.train, groups, val_fraction, np.random.default_rng([rng_seed(seed), index, 1]))
+    if split.val is not None:  # an official split: its own validation part, nothing carved
+        val, rest = sorted(split.val), sorted(split.train)
+    else:
+        val, rest = _carve_val(split.train, groups, val_fraction, np.random.default_rng([rng_seed(seed), index, 1]))
     train = _subset(rest, groups, fraction, np.random.default_rng([rng_seed(seed), index, 2]))
     return SplitParts(tuple(train), tuple(val), tuple(split.test))
 
@@ -312,8 +430,8 @@ def cross_dataset_parts(
     seed: int = 0,
 ) -> SplitParts:
     """Cross-dataset parts: train on benchmark A (all its images, or the training part of
-    ``split_set[index]``), validate on a part carved from those training images, test on every
-    image of benchmark B."""
+    ``split_set[index]``), validate on a part carved from those training images (or, for an
+    official split, on its own validation part), test on every image of benchmark B."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     a_ids = set(train_manifest["image_id"].astype(str))
@@ -329,7 +447,11 @@ def cross_dataset_parts(
         pool = sorted(a_ids)
         k = 0
     groups = _groups_of(train_manifest)
-    val, train = _carve_val(pool, groups, val_fraction, np.random.default_rng([rng_seed(seed), k, 1]))
+    own_val = split_set[index].val if split_set is not None and index is not None else None
+    if own_val is not None:  # an official split: its own validation part
+        val, train = sorted(own_val), sorted(pool)
+    else:
+        val, train = _carve_val(pool, groups, val_fraction, np.random.default_rng([rng_seed(seed), k, 1]))
     test = sorted(test_manifest["image_id"].astype(str))
     if not test:
         raise DataError("cross_dataset_parts: the test manifest is empty")

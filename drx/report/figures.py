@@ -818,7 +818,8 @@ def attention_maps(exp: Experiment, trial: str | None = None, expert: str | None
 
 
 def load_study(exp: Experiment):
-    """The stored Optuna study of a ``tune`` experiment, opened without creating one.
+    """The stored Optuna study of a ``tune`` experiment, opened read-only (SQLite ``mode=ro``; a
+    journal is only read), without creating one.
 
     The report's only opener of a study. Tries ``meta["optuna_storage"]`` (an SQLAlchemy URL,
     ``sqlite:///...`` or ``journal:<file>``), then ``optuna.db`` in the experiment folder, for
@@ -845,7 +846,8 @@ def load_study(exp: Experiment):
             for prefix in ("sqlite:///", "journal:"):
                 if u.startswith(prefix) and not Path(u[len(prefix):]).is_file():
                     raise FileNotFoundError(f"{u[len(prefix):]} does not exist")
-            storage = open_study_storage(u)
+            # Read-only: the report never writes to, nor locks, a study a search may be writing.
+            storage = open_study_storage(u, read_only=True)
             return optuna.load_study(study_name=name, storage=storage)
         except Exception as exc:  # an unreachable database, a renamed study: say so in the report
             reasons.append(f"{u}: {type(exc).__name__}: {exc}")

@@ -24,7 +24,7 @@ import plotly.offline
 import yaml
 
 from drx.data.benchmarks import benchmark_label
-from drx.experiment import Experiment
+from drx.experiment import Experiment, study_account
 from drx.report import figures as F
 from drx.report.protocol import protocol_note
 from drx.report.render import static_text
@@ -38,7 +38,7 @@ PLOTLY_CONFIG = {
     "modeBarButtonsToRemove": ["lasso2d", "select2d"],
     "toImageButtonOptions": {"format": "png", "scale": 2},
 }
-STATUS_ORDER = ["ok", "stopped", "unfinished", "diverged", "failed", "missing"]
+STATUS_ORDER = ["ok", "stopped", "unfinished", "no_selection", "diverged", "failed", "missing"]
 _MAX_PROBLEM_ROWS = 40
 esc = html.escape
 
@@ -162,8 +162,9 @@ HOW_TO_READ = """
 within each column (one benchmark × one metric). Green/red: p &lt; 0.05 with a gain/loss. With fewer than 6
 paired splits no p can reach 0.05.</li>
 <li><b>n = a/b</b>: the cell rests on a of the b planned splits; the rest are listed (failed: the trial raised and
-its retries ran out; diverged: non-finite loss; missing: never started; unfinished: still running or
-interrupted). <b>—</b>: no usable split. Failed trials are never dropped silently.</li>
+its retries ran out; diverged: non-finite loss; no_selection: no epoch had a defined selection metric (NaN at
+every epoch: constant predictions or MOS), so no epoch was selected; missing: never started; unfinished: still
+running or interrupted). <b>—</b>: no usable split. Failed trials are never dropped silently.</li>
 </ul></div>
 """
 
@@ -178,6 +179,31 @@ def table_html(table: AblationTable, colours: dict[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ summary
+
+
+def search_account(exp: Experiment, study: Any | None) -> str:
+    """One sentence: how the search's trials ended, from the study (complete, lost to a killed
+    driver and continued, failed) and the trial folders (retried by Ray after an error)."""
+    df = exp.epochs
+    search = df[df["run"].astype(str).str.startswith("search")] if len(df) else df
+    per_trial = search.groupby("trial").agg(failures=("num_failures", "max"), status=("status", "last")) if len(search) and "num_failures" in search else None
+    retried = int((per_trial["failures"] > 0).sum()) if per_trial is not None else 0
+    unfinished = int((per_trial["status"] == "unfinished").sum()) if per_trial is not None else 0
+    if study is None:
+        return f"Search trials: {retried} retried by Ray after an error, {unfinished} unfinished (the Optuna study could not be read)."
+    a = study_account(study)
+    text = (f"Search trials: {a['complete']} complete in the Optuna study, {a['lost']} lost to a killed driver "
+            f"({a['continued']} continued from their last checkpoint as new study trials), {retried} retried by Ray after an error, "
+            f"{a['failed']} failed")
+    if a["pruned"]:
+        text += f", {a['pruned']} pruned"
+    if a["recovered"]:
+        text += f", {a['recovered']} recovered from their trial folders"
+    if a["running"] or unfinished:
+        text += f"; {a['running']} still running in the study, {unfinished} trial folders unfinished"
+    return text + "."
+
+
 
 
 def _status_badges(counts: dict[str, int]) -> str:
@@ -472,6 +498,7 @@ def write_report(exp: Experiment, out_dir: str | Path, tables: Sequence[Ablation
             why = None
         except F.NoFigure as e:
             study, why = None, str(e)
+        search.blocks.append(f"<p class='account'>{esc(search_account(exp, study))}</p>")
 
         def with_study(fn):
             def build():

@@ -43,10 +43,13 @@ def protocol_note(exp: Experiment, selection: str) -> str:
         chosen,
         f"model.compat {meta.get('compat', cfg.get('model', {}).get('compat', 'clean'))}",
     ]
-    if split:
+    if split and split.get("protocol") == "official":
+        source = f"split file {split['file']}" if split.get("file") else "the labels' split column"
+        parts.append(f"split protocol official: the benchmark's own train/validation/test parts ({source})")
+    elif split:
         train = split.get("train_fraction", 0.8)
         parts.append(
-            f"persisted splits {train:g}/{1 - train:g} (seed {split.get('seed', 0)}), "
+            f"split protocol random: persisted splits {train:g}/{1 - train:g} (seed {split.get('seed', 0)}), "
             f"validation {split.get('val_fraction', 0.1):g} of the training part"
         )
     return "; ".join(parts)

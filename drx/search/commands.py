@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
+import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,12 @@ from drx.config import build_config
 from drx.data.benchmarks import load_manifest
 from drx.data.embedded import ensure_embedded
 from drx.data.splits import persisted_splits
-from drx.errors import ConfigError
+from drx.errors import ConfigError, DataError
 from drx.experiment import (
-    ABLATE_RUN, CONFIRM_RUN, CONFIRM_TABLE, META_NAME, SEARCH_RUN, SPLITS_DIR, confirm_summary, new_meta, read_experiment,
-    read_meta, write_meta, write_plan,
+    ABLATE_RUN, CONFIRM_RUN, CONFIRM_TABLE, DRIVER_LOCK, META_NAME, SEARCH_RUN, SPLITS_DIR, confirm_summary, new_meta,
+    read_experiment, read_meta, write_meta, write_plan,
 )
+from drx.io import file_lock
 from drx.search.grid import describe_plan, load_ablation
 
 
@@ -72,6 +75,44 @@ def make_split_files(jobs: dict[str, dict[str, Any]], exp_dir: Path, say=_say) -
     return files
 
 
+@contextmanager
+def driver_lock(exp_dir: Path) -> Iterator[None]:
+    """Hold the experiment's driver lock: one ``drx ablate``/``drx tune`` per experiment folder.
+    What a resume does (marking the study's RUNNING trials dead, continuing unfinished trials) is
+    only right when no other driver is alive. Raises :class:`DataError` naming the folder otherwise."""
+    try:
+        with file_lock(exp_dir / DRIVER_LOCK, blocking=False):
+            yield
+    except DataError as exc:
+        if str(exc).startswith(str(exp_dir / DRIVER_LOCK)):
+            raise DataError(f"{exp_dir}: another drx ablate/tune is running this experiment (it holds {DRIVER_LOCK}); "
+                            "wait for it to finish or stop it, then rerun") from None
+        raise
+
+
+def continue_command(args: argparse.Namespace, command: str) -> str:
+    """The command line that continues this experiment (the same spec, storage and name)."""
+    parts = ["drx", command, str(args.spec)]
+    for flag, value in (("--storage", args.storage), ("--name", args.name), ("--address", args.address)):
+        if value:
+            parts += [flag, str(value)]
+    for item in args.set or []:
+        parts += ["--set", item]
+    return shlex.join(parts)
+
+
+@contextmanager
+def continue_hint(args: argparse.Namespace, command: str) -> Iterator[None]:
+    """Add the command that continues the experiment to a run that stopped stuck (StuckRunError)."""
+    from drx.search.tune import StuckRunError  # Ray: heavy, loaded only when a run starts
+
+    try:
+        yield
+    except StuckRunError as exc:
+        raise StuckRunError(f"{exc} Run `{continue_command(args, command)}` to continue the unfinished trials from their "
+                            "last checkpoints.") from None
+
+
 def _load_meta_or_new(exp_dir: Path, kind: str, fingerprint: str, make_meta) -> dict[str, Any]:
     if (exp_dir / META_NAME).is_file():
         meta = read_meta(exp_dir)
@@ -100,6 +141,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                           "(local, or on a shared filesystem such as NFS for clusters)")
     exp_dir = Path(storage) / name
     exp_dir.mkdir(parents=True, exist_ok=True)
+    with driver_lock(exp_dir):
+        return _ablate(args, plan, name, storage, exp_dir)
+
+
+def _ablate(args: argparse.Namespace, plan, name: str, storage: str, exp_dir: Path) -> int:
+    """The part of ``drx ablate`` that runs under the experiment's driver lock."""
     t0 = time.time()
     fingerprint = plan.fingerprint()  # before split paths enter the configs: a moved experiment still matches
     split_files = make_split_files(plan.split_jobs, exp_dir)
@@ -125,21 +172,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     from drx.search import tune as rt  # Ray: heavy, loaded only when a run starts
 
-    cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    try:
-        rt.check_storage(storage, rt.alive_nodes())
-        rt.check_resources([(t.name, t.cpu, t.gpu) for t in plan.trials], cluster)
-        _say(f"ablation {name}: {len(plan.trials)} trials on Ray ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU); results in {exp_dir}")
-        t_fit = time.time()
-        grid = rt.run_ablation_grid(plan, storage, name, args.max_concurrent, args.max_failures, args.resume)
-    except KeyboardInterrupt:
-        _say(f"\ninterrupted: finished trials are kept in {exp_dir}; rerun the same command to run only what is unfinished")
-        return 130
-    finally:
-        rt.stop_ray()
+    with continue_hint(args, "ablate"):
+        cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        try:
+            rt.check_storage(storage, rt.alive_hosts())
+            rt.check_resources([(t.name, t.cpu, t.gpu) for t in plan.trials], cluster)
+            _say(f"ablation {name}: {len(plan.trials)} trials on Ray ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU); results in {exp_dir}")
+            t_fit = time.time()
+            grid = rt.run_ablation_grid(plan, storage, name, args.max_concurrent, args.max_failures, args.resume)
+        except KeyboardInterrupt:
+            _say(f"\ninterrupted: finished trials are kept in {exp_dir}; rerun the same command to run only what is unfinished")
+            return 130
+        finally:
+            rt.stop_ray()
     meta["runs"].append({"run": ABLATE_RUN, "started": t_fit, "wall_s": round(time.time() - t0, 1), "fit_s": round(time.time() - t_fit, 1)})
     write_meta(exp_dir, meta)
-    n_err = grid.num_errors
+    n_err = grid.num_errors if grid is not None else 0  # None: every trial had finished before this run
     _say(f"\nablation {name} done in {time.time() - t0:.0f} s: {len(plan.trials) - n_err} trials finished, {n_err} failed. "
          f"Results: {exp_dir}\nNext: drx report {exp_dir}")
     return 1 if n_err else 0
@@ -149,7 +197,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from drx.search.space import config_for, load_search  # Optuna: heavy, loaded for tune only
+    from drx.search.space import load_search  # Optuna: heavy, loaded for tune only
 
     plan = load_search(args.spec, args.set or [])
     spec = plan.spec
@@ -167,6 +215,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "(local, or a shared filesystem such as NFS for clusters)")
     exp_dir = Path(storage) / name
     exp_dir.mkdir(parents=True, exist_ok=True)
+    with driver_lock(exp_dir):
+        return _tune(args, plan, name, storage, exp_dir)
+
+
+def _tune(args: argparse.Namespace, plan, name: str, storage: str, exp_dir: Path) -> int:
+    """The part of ``drx tune`` that runs under the experiment's driver lock."""
+    from drx.search.space import config_for  # Optuna: heavy, loaded for tune only
+    from drx.search.study import params_key  # with Optuna, above
+
+    spec = plan.spec
     t0 = time.time()
     base = build_config(plan.base_config)
     job = {"benchmark": base.data.benchmark, "root": base.data.root, "options": base.data.options, "seed": base.data.split.seed,
@@ -186,64 +244,59 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from drx.search import tune as rt  # Ray: heavy, loaded only when a run starts
 
-    cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    try:
-        rt.check_storage(storage, rt.alive_nodes())
-        cpu = spec.resources.cpu or base.resources.cpu
-        gpu = spec.resources.gpu if spec.resources.gpu is not None else base.resources.gpu
-        rt.check_resources([("search", cpu, gpu)], cluster)
-        _say(f"search {name}: {spec.budget.num_samples} samples, objective {spec.objective}; results in {exp_dir}")
-        t_fit = time.time()
-        grid, url = rt.run_search(plan, storage, name, args.max_failures, args.resume)
-        meta["optuna_storage"] = url
-        meta["study_name"] = spec.name
-        meta["runs"].append({"run": SEARCH_RUN, "fit_s": round(time.time() - t_fit, 1)})
-        write_meta(exp_dir, meta)
-        ranked = rank_search_trials(grid, spec.objective)
-        if not ranked:
-            _say("no search trial reported the objective; nothing to confirm")
-            return 1
-        top = ranked[: spec.confirm.top_k]
-        candidates = {}
-        for i, (value, params, trial_id) in enumerate(top):
-            cand = f"top{i + 1}"
-            candidates[cand] = config_for(plan, params, name=f"{spec.name}/confirm-{cand}")
-            candidates[cand]["train"]["epochs"] = plan.max_epochs
-        meta["confirm_candidates"] = {c: {"search_trial": t, "objective": v, "params": {k: p for k, p in params.items() if k in spec.space}}
-                                      for c, (v, params, t) in zip(candidates, top)}
-        write_meta(exp_dir, meta)
-        confirm = None
-        if candidates:
-            _say(f"confirm stage: the best {len(candidates)} configurations on splits {plan.confirm_splits}, without early stopping")
-            t_c = time.time()
-            confirm = rt.run_confirm(candidates, plan.confirm_splits, storage, name, args.max_failures, args.resume)
-            meta["runs"].append({"run": CONFIRM_RUN, "fit_s": round(time.time() - t_c, 1)})
-    except KeyboardInterrupt:
-        _say(f"\ninterrupted: finished trials are kept in {exp_dir}; rerun the same command to continue")
-        return 130
-    finally:
-        rt.stop_ray()
+    with continue_hint(args, "tune"):
+        cluster = rt.start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        try:
+            rt.check_storage(storage, rt.alive_hosts())
+            cpu = spec.resources.cpu or base.resources.cpu
+            gpu = spec.resources.gpu if spec.resources.gpu is not None else base.resources.gpu
+            rt.check_resources([("search", cpu, gpu)], cluster)
+            _say(f"search {name}: {spec.budget.num_samples} samples, objective {spec.objective}; results in {exp_dir}")
+            t_fit = time.time()
+            outcome = rt.run_search(plan, storage, name, args.max_failures, args.resume)
+            _say(outcome.account)
+            meta["optuna_storage"] = outcome.url
+            meta["study_name"] = outcome.study_name
+            meta["runs"].append({"run": SEARCH_RUN, "fit_s": round(time.time() - t_fit, 1)})
+            write_meta(exp_dir, meta)
+            # From the study, each configuration once: a configuration trained twice never fills two slots.
+            top = outcome.ranked[: spec.confirm.top_k]
+            if not top and spec.confirm.top_k:
+                _say("no search trial reported the objective; nothing to confirm")
+                return 1
+            candidates = {}
+            for i, (value, params, number) in enumerate(top):
+                cand = f"top{i + 1}"
+                candidates[cand] = config_for(plan, params, name=f"{spec.name}/confirm-{cand}")
+                candidates[cand]["train"]["epochs"] = plan.max_epochs
+            meta["confirm_candidates"] = {}
+            for c, (v, params, number) in zip(candidates, top):
+                folder = outcome.folders.get(params_key(params, plan.distributions), "")
+                meta["confirm_candidates"][c] = {
+                    "search_trial": folder.removeprefix("search-") or None, "trial": folder or None, "study_trial": number,
+                    "objective": v, "params": {k: p for k, p in params.items() if k in spec.space}}
+            write_meta(exp_dir, meta)
+            if candidates:
+                _say(f"confirm stage: the best {len(candidates)} configurations on splits {plan.confirm_splits}, without early stopping")
+                t_c = time.time()
+                rt.run_confirm(candidates, plan.confirm_splits, storage, name, args.max_failures, args.resume)
+                meta["runs"].append({"run": CONFIRM_RUN, "fit_s": round(time.time() - t_c, 1)})
+            else:
+                _say("confirm stage: confirm.top_k is 0; skipped")
+        except KeyboardInterrupt:
+            _say(f"\ninterrupted: finished trials are kept in {exp_dir}; rerun the same command to continue")
+            return 130
+        finally:
+            rt.stop_ray()
     meta["runs"].append({"run": "total", "wall_s": round(time.time() - t0, 1)})
     write_meta(exp_dir, meta)
-    if confirm is not None:
+    if candidates:
         table = confirm_summary(read_experiment(exp_dir), meta)
         table.to_csv(exp_dir / CONFIRM_TABLE, index=False)
         _say("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     _say(f"\nsearch {name} done in {time.time() - t0:.0f} s. Study: {meta.get('optuna_storage')} (study {spec.name}). "
          f"Next: drx report {exp_dir}")
     return 0
-
-
-def rank_search_trials(grid, objective: str) -> list[tuple[float, dict[str, Any], str]]:
-    """(objective as Optuna was told it, sampled params, trial id), best first; failed/diverged excluded."""
-    ranked = []
-    for result in grid:
-        m = result.metrics or {}
-        value = m.get(objective)
-        if result.error is None and m.get("status", "ok") == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
-            ranked.append((float(value), dict(result.config), m.get("trial_id", "")))
-    ranked.sort(key=lambda r: -r[0])
-    return ranked
 
 
 # -------------------------------------------------------------------------------------------- CLI

@@ -337,7 +337,8 @@ def load_ablation(path_or_dict: str | Path | dict[str, Any], set_overrides: list
             "seed": c.data.split.seed,
             "n_splits": c.data.split.n_splits,
             "train_fraction": c.data.split.train_fraction,
-            "needs_split": bench.test is None or bench.cross_train == "split",
+            # An official split comes with the labels (or its own file): no random split file is made.
+            "needs_split": (bench.test is None or bench.cross_train == "split") and c.data.split.protocol == "random",
             "test_benchmark": bench.test,
             "test_root": c.data.test_root,
             "test_options": c.data.test_options,

@@ -9,11 +9,14 @@ trainables are importable top-level functions (restore pickles them by reference
 from __future__ import annotations
 
 import fnmatch
+import json
+import logging
 import math
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,21 +32,25 @@ from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
 from drx.config import build_config
-from drx.errors import ConfigError
+from drx.errors import ConfigError, DrxError
 from drx.experiment import (
-    ABLATE_RUN, CONFIRM_RUN, SEARCH_RUN, error_line, latest_checkpoint, next_run_name, open_study_storage, run_folders, study_url,
-    trial_progress, validate_ray_state, write_trial_status,
+    ABLATE_RUN, CONFIRM_RUN, RAY_EXPERIMENT_STATE, SEARCH_RUN, check_ray_run, error_line, latest_checkpoint, move_aside, next_run_name,
+    read_trial_status, run_folders, study_url, trial_progress, write_trial_status,
 )
+from drx.io import NETWORK_FILESYSTEMS, filesystem_type
 from drx.search.grid import trial_key
 from drx.search.scratch import make_trial_scratch, remove_orphaned_scratch
 from drx.search.space import config_for
+from drx.search.study import (
+    Resume, describe_account, mark_abandoned, open_search_storage, params_key, ranked_configurations, reconcile, sampler_seed,
+)
+from drx.train.checkpoint import CHECKPOINT_NAME
 from drx.train.trainer import run_trial
 
 # Testing hook (documented in docs/search.md): "GLOB:EPOCH" makes the trial whose name matches GLOB
 # raise once, right after reporting EPOCH, to exercise retries from the last checkpoint.
 FAULT_ENV = "DRX_FAULT_INJECT"
 FAULT_MARKER = "drx-fault-injected"
-SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "glusterfs", "fuse.glusterfs", "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse", "9p", "virtiofs", "wekafs", "fuse.sshfs"}
 
 
 # --------------------------------------------------------------------------------- the trainables
@@ -64,7 +71,7 @@ def _trial_body(cfg_dict: dict[str, Any], trial_name: str, fallback_resume: str 
         checkpoint = Checkpoint.from_directory(fallback_resume)
     if checkpoint is not None:
         restored = checkpoint.to_directory(str(work / "restored"))
-        resume = Path(restored) / "checkpoint.pt"
+        resume = Path(restored) / CHECKPOINT_NAME
         faulted = (Path(restored) / FAULT_MARKER).exists()
         # Keep the best-epoch weights and the metrics file of the interrupted run.
         shutil.copytree(restored, out, dirs_exist_ok=True)
@@ -100,10 +107,12 @@ def _grid_key(config: dict[str, Any]) -> str:
     return trial_key(config["variant"], config["benchmark"], config["split"], config.get("fraction", 1.0))
 
 
-def search_trainable(config: dict[str, Any], plan: Any) -> None:
-    """Ray trainable of an Optuna search: sampled values -> the base config with them applied."""
-    name = f"{plan.spec.name}/search-{tune.get_context().get_trial_id()}"
-    _trial_body(config_for(plan, config, name=name), name)
+def search_trainable(config: dict[str, Any], plan: Any, resume: dict[str, Resume] | None = None) -> None:
+    """Ray trainable of an Optuna search: sampled values -> the base config with them applied. A
+    configuration in `resume` (by :func:`drx.search.study.params_key`) continues from its checkpoint."""
+    earlier = (resume or {}).get(params_key(config, plan.distributions))
+    name = f"{plan.spec.name}/{tune.get_context().get_trial_name()}"
+    _trial_body(config_for(plan, config, name=name), name, earlier.checkpoint if earlier else None)
 
 
 def _confirm_point(config: dict[str, Any]) -> tuple[str, int, str | None]:
@@ -148,33 +157,21 @@ def stop_ray() -> None:
     remove_orphaned_scratch()
 
 
-def alive_nodes() -> int:
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
-
-
-def filesystem_type(path: Path) -> str:
-    """The mount type holding `path` (longest matching mount point in /proc/mounts)."""
-    best, kind = "", "unknown"
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    target = str(path.resolve())
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) > len(best):
-            best, kind = parts[1], parts[2]
-    return kind
+def alive_hosts() -> int:
+    """Machines the Ray cluster's live nodes run on. Several nodes on one machine (``ray start``
+    twice, Ray's cluster_utils) share its local disk, so local storage serves them all."""
+    return len({n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")})
 
 
 def check_storage(storage: str, nodes: int) -> None:
-    """On a multi-node cluster the experiment must live on storage every node can write."""
+    """On a cluster of several machines (`nodes`: :func:`alive_hosts`) the experiment must live on
+    storage every machine can write."""
     if nodes <= 1 or "://" in storage:
         return
     kind = filesystem_type(Path(storage))
-    if kind not in SHARED_FS:
+    if kind not in NETWORK_FILESYSTEMS:
         raise ConfigError(
-            f"--storage {storage} is on a local filesystem ({kind}) but the Ray cluster has {nodes} nodes: "
+            f"--storage {storage} is on a local filesystem ({kind}) but the Ray cluster spans {nodes} machines: "
             "trials on other nodes could not write their results there. Use shared storage mounted on every "
             "node (NFS, Lustre, GPFS, CephFS, ...) or an object store URI (s3://bucket/path, gs://bucket/path)."
         )
@@ -275,6 +272,91 @@ class TrialStatusRecorder(tune.Callback):
 # --------------------------------------------------------------------------------------- running
 
 
+#: Seconds a run may sit with no trial running, pending or paused while Ray's search has not
+#: finished before :class:`IdleGuard` stops it. (Ray itself first waits up to ten minutes for its
+#: search to offer a trial, without calling back; the guard acts at the first step after that.)
+IDLE_LIMIT_S = 60.0
+#: Ray's logger that reports a failed restore (``Failed to restore the run state``), after which Ray
+#: does not stop: it starts the run over from nothing in the same folder (TuneController.__init__).
+RAY_RESTORE_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class StuckRunError(DrxError):
+    """A Ray run that cannot go on: Ray could not restore it, or it sits idle with its search not
+    finished. The message names the state files moved aside; the caller adds the command that
+    continues (from the trial folders, as the state is gone)."""
+
+
+class _RestoreFailures(logging.Handler):
+    """Collects Ray's "Failed to restore the run state" reports while a restore starts."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Failed to restore" in record.getMessage():
+            exc = record.exc_info[1] if record.exc_info else None
+            self.reasons.append(f"{type(exc).__name__}: {exc}" if exc else record.getMessage())
+
+
+_RESTORE_WATCH = _RestoreFailures()
+
+
+class IdleGuard(tune.Callback):
+    """Stops a run that Ray could not restore, before it does anything, and one that sits idle.
+
+    * Ray reports a restore that failed only in its log and then starts the run over in the same
+      folder (every trial from nothing, finished ones too), or waits forever on a searcher restored
+      halfway. At the first step after such a report this raises :class:`StuckRunError`.
+    * No trial running, pending or paused for `limit_s` while Ray waits for its search (a snapshot's
+      searcher or concurrency limiter counting trials that Ray's restored list does not hold): the
+      same, at the first step Ray takes after its own wait.
+
+    Either way it first moves the run's experiment state aside, so the rerun continues the
+    unfinished trials from their checkpoints in a continuation folder instead of trying again."""
+
+    def __init__(self, run_dir: str, limit_s: float = IDLE_LIMIT_S):
+        self.run_dir = run_dir
+        self.limit_s = limit_s
+        self._since: float | None = None
+
+    def _stop(self, why: str) -> None:
+        moved = [move_aside(f, why) for f in sorted(Path(self.run_dir).glob(RAY_EXPERIMENT_STATE))]
+        raise StuckRunError(f"{why}. " + ("; ".join(moved) or f"{self.run_dir} holds no experiment state to move aside") + ".")
+
+    def on_step_begin(self, iteration, trials, **info):
+        if _RESTORE_WATCH.reasons:
+            reasons = "; ".join(dict.fromkeys(_RESTORE_WATCH.reasons))
+            _RESTORE_WATCH.reasons.clear()
+            self._stop(f"Ray could not restore {self.run_dir} ({reasons}) and would start it over from nothing")
+
+    def on_step_end(self, iteration, trials, **info):
+        if any(t.status in ("RUNNING", "PENDING", "PAUSED") for t in trials):
+            self._since = None
+            return
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        elif now - self._since > self.limit_s:
+            self._stop(f"Ray Tune has had no trial running or pending in {self.run_dir} for {now - self._since:.0f} s while its search "
+                       f"is not finished ({sum(t.status == 'TERMINATED' for t in trials)} of {len(trials)} trials finished): its restored "
+                       "state does not match its trials")
+
+
+def _fit(tuner: Tuner):
+    """``tuner.fit()``, with drx's own errors raised from Ray's callbacks passed through unwrapped."""
+    try:
+        return tuner.fit()
+    except Exception as exc:
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, DrxError):
+                raise seen from None
+            seen = seen.__cause__ or seen.__context__
+        raise
+
+
 def _run_config(name: str, storage: str, max_failures: int, callbacks: list) -> RunConfig:
     return RunConfig(
         name=name,
@@ -282,43 +364,73 @@ def _run_config(name: str, storage: str, max_failures: int, callbacks: list) -> 
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         verbose=0,
-        callbacks=[*callbacks, TrialStatusRecorder()],
+        callbacks=[*callbacks, TrialStatusRecorder(), IdleGuard(str(Path(storage) / name))],
         log_to_file=True,
     )
 
 
+def restore_run(latest: Path, make_tuner: Callable[[str], Tuner], trainable: Any, say: Callable[[str], None]):
+    """Ray's restore of the run folder `latest` (finished trials kept, unfinished and errored ones
+    continue from their last checkpoints) after :func:`drx.experiment.check_ray_run` has moved its
+    torn files aside (one line each through `say`); None when Ray's state cannot be trusted. A torn
+    ``tuner.pkl`` (ray-project/ray#58179) is rebuilt: it holds only the run's settings, and
+    `make_tuner` (the same command's) writes them again."""
+    check = check_ray_run(latest)
+    for line in check.moved:
+        say(line)
+    if check.why:
+        say(check.why)
+    if not check.restorable:
+        return None
+    if check.tuner_torn:
+        make_tuner(latest.name)  # constructing the Tuner writes tuner.pkl; the experiment state stays
+        say(f"{latest / 'tuner.pkl'}: written again from this command's settings")
+    say(f"resuming {latest}: finished trials are kept; unfinished and errored trials continue from their last checkpoint")
+    ray_log = logging.getLogger(RAY_RESTORE_LOGGER)
+    _RESTORE_WATCH.reasons.clear()
+    ray_log.addHandler(_RESTORE_WATCH)  # IdleGuard, in the run's callbacks, acts on what it collects
+    try:
+        return _fit(Tuner.restore(str(latest), trainable=trainable, resume_unfinished=True, resume_errored=True))
+    finally:
+        ray_log.removeHandler(_RESTORE_WATCH)
+
+
+_NOT_RESTORABLE = "Ray's restore files in {latest} are unusable (see above, or its run ended before Ray wrote them)"
+
+
 def fit_or_restore(exp_dir: Path, base: str, make_tuner: Callable[[str], Tuner], trainable: Any, resume: bool, say: Callable[[str], None],
                    continuation: Callable[[str, list[Path]], Tuner | None] | None = None):
-    """Restore an interrupted run with Ray's own restore (finished trials are kept, unfinished and
-    errored ones continue), else start it. When Ray's state was lost, ``continuation`` builds a
-    run of what is left in a new folder ``base-rN``."""
+    """Restore an interrupted run with Ray's own restore (:func:`restore_run`), else start it. When
+    Ray's state cannot be trusted, ``continuation`` builds a run of what is left in a new folder
+    ``base-rN``, each unfinished trial from its last checkpoint."""
     runs = run_folders(exp_dir, base)
     latest = runs[-1] if runs else None
-    if latest is not None and Tuner.can_restore(str(latest)) and validate_ray_state(latest):
-        say(f"resuming {latest}: finished trials are kept; unfinished and errored trials continue from their last checkpoint")
-        return Tuner.restore(str(latest), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+    if latest is not None:
+        restored = restore_run(latest, make_tuner, trainable, say)
+        if restored is not None:
+            return restored
     if latest is not None and continuation is not None:
         name = next_run_name(exp_dir, base)
-        say(f"Ray's experiment state in {latest} is unusable (cut short when the driver was killed); continuing in {exp_dir / name}")
+        say(_NOT_RESTORABLE.format(latest=latest) + f"; continuing in {exp_dir / name}")
         tuner = continuation(name, runs)
-        return tuner.fit() if tuner is not None else None
+        return _fit(tuner) if tuner is not None else None
     if resume and latest is None:
         say(f"--resume: nothing to resume in {exp_dir}; starting it")
-    return make_tuner(base).fit()
+    return _fit(make_tuner(base))
 
 
 def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None, max_failures: int, resume: bool, say=print):
     """Run (or resume) the grid of an ablation plan under ``storage/name/trials``.
 
-    Resuming uses Ray's own restore. If Ray's experiment state was lost (a driver killed while Ray
-    copied it), the trials that have not finished run in a continuation folder ``trials-rN``, each
-    from its last checkpoint: finished trials are never run again.
+    Resuming uses Ray's own restore (:func:`restore_run`: torn restore files moved aside first, a
+    torn tuner.pkl rebuilt). If Ray's experiment or search state cannot be trusted, the trials
+    that have not finished run in a continuation folder ``trials-rN``, each from its last
+    checkpoint: finished trials are never run again.
     """
     exp_dir = Path(storage) / name
     trials = {t.key: {"name": t.name, "config": t.config, "cpu": t.cpu, "gpu": t.gpu} for t in plan.trials}
     runs = run_folders(exp_dir, ABLATE_RUN)
     latest = runs[-1] if runs else None
-    restorable = latest is not None and Tuner.can_restore(str(latest)) and validate_ray_state(latest)
 
     space: dict[str, Any] = {
         "variant": tune.grid_search(plan.variants),
@@ -327,77 +439,164 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
     }
     if len(plan.fractions) > 1 or plan.fractions != [1.0]:
         space["fraction"] = tune.grid_search(plan.fractions)
-    run_name = latest.name if latest is not None else ABLATE_RUN
-    total = len(plan.trials)
-    if latest is not None and not restorable:
-        progress: dict[str, tuple[str, Path]] = {}
-        for run in runs:  # later runs supersede earlier ones
-            for tdir in (p for p in run.iterdir() if p.is_dir()):
-                state, _ = trial_progress(tdir)
-                if state != "new" or tdir.name not in progress:
-                    progress[tdir.name] = (state, tdir)
-        todo = {}
-        for key, t in trials.items():
-            state, tdir = progress.get(t["name"], ("new", None))
-            if state == "done":
-                continue
-            ckpt = latest_checkpoint(tdir) if tdir is not None else None
-            todo[key] = {**t, "resume": str(ckpt) if ckpt else None}
-        if not todo:
-            say(f"every trial of {exp_dir} has finished; nothing to run")
-            return None
-        run_name = next_run_name(exp_dir, ABLATE_RUN)
-        say(f"Ray's experiment state in {latest} is unusable (cut short when the driver was killed); "
-            f"continuing the {len(todo)} unfinished trial(s) in {exp_dir / run_name}, each from its last checkpoint")
-        trials = {**trials, **todo}
-        space = {"trial": tune.grid_search(sorted(todo))}
-        total = len(todo)
 
-    def resources(config: dict[str, Any]) -> PlacementGroupFactory:
-        t = trials[_grid_key(config)]
-        return _pgf(t["cpu"], t["gpu"])
+    def build(planned: dict[str, dict[str, Any]], space: dict[str, Any], run_name: str, total: int) -> tuple[Any, Callable[[], Tuner]]:
+        def resources(config: dict[str, Any]) -> PlacementGroupFactory:
+            t = planned[_grid_key(config)]
+            return _pgf(t["cpu"], t["gpu"])
 
-    def trial_label(trial) -> str:
-        return trials[_grid_key(trial.config)]["name"]
+        def trial_label(trial) -> str:
+            return planned[_grid_key(trial.config)]["name"]
 
-    trainable = tune.with_resources(tune.with_parameters(ablation_trainable, trials=trials), resources=resources)
+        trainable = tune.with_resources(tune.with_parameters(ablation_trainable, trials=planned), resources=resources)
 
-    def make() -> Tuner:
-        return Tuner(
-            trainable,
-            param_space=space,
-            tune_config=TuneConfig(
-                scheduler=FIFOScheduler(),  # no early stopping: an ablation compares fully trained models
-                max_concurrent_trials=max_concurrent,
-                # Trials of equal resources reuse worker processes: no re-import of torch per trial.
-                reuse_actors=True,
-                trial_name_creator=trial_label,
-                trial_dirname_creator=trial_label,
-            ),
-            run_config=_run_config(run_name, str(exp_dir), max_failures, [ProgressPrinter(total, trial_label, say=say)]),
-        )
+        def make() -> Tuner:
+            return Tuner(
+                trainable,
+                param_space=space,
+                tune_config=TuneConfig(
+                    scheduler=FIFOScheduler(),  # no early stopping: an ablation compares fully trained models
+                    max_concurrent_trials=max_concurrent,
+                    # Trials of equal resources reuse worker processes: no re-import of torch per trial.
+                    reuse_actors=True,
+                    trial_name_creator=trial_label,
+                    trial_dirname_creator=trial_label,
+                ),
+                run_config=_run_config(run_name, str(exp_dir), max_failures, [ProgressPrinter(total, trial_label, say=say)]),
+            )
 
-    if restorable:
-        say(f"resuming {latest}: finished trials are kept; unfinished and errored trials continue from their last checkpoint")
-        return Tuner.restore(str(latest), trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
-    if resume and latest is None:
-        say(f"--resume: nothing to resume in {exp_dir}; starting it")
-    return make().fit()
+        return trainable, make
+
+    if latest is None:
+        if resume:
+            say(f"--resume: nothing to resume in {exp_dir}; starting it")
+        return _fit(build(trials, space, ABLATE_RUN, len(trials))[1]())
+    trainable, make = build(trials, space, latest.name, len(trials))
+    restored = restore_run(latest, lambda _name: make(), trainable, say)
+    if restored is not None:
+        return restored
+    progress: dict[str, tuple[str, Path]] = {}
+    for run in runs:  # later runs supersede earlier ones
+        for tdir in (p for p in run.iterdir() if p.is_dir()):
+            state, _ = trial_progress(tdir)
+            if state != "new" or tdir.name not in progress:
+                progress[tdir.name] = (state, tdir)
+    todo = {}
+    for key, t in trials.items():
+        state, tdir = progress.get(t["name"], ("new", None))
+        if state == "done":
+            continue
+        ckpt = latest_checkpoint(tdir) if tdir is not None else None
+        todo[key] = {**t, "resume": str(ckpt) if ckpt else None}
+    if not todo:
+        say(f"every trial of {exp_dir} has finished; nothing to run")
+        return None
+    run_name = next_run_name(exp_dir, ABLATE_RUN)
+    say(_NOT_RESTORABLE.format(latest=latest) + f"; continuing the {len(todo)} unfinished trial(s) in {exp_dir / run_name}, "
+        "each from its last checkpoint")
+    return _fit(build({**trials, **todo}, {"trial": tune.grid_search(sorted(todo))}, run_name, len(todo))[1]())
 
 
-def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, say=print):
-    """The Optuna search over one split's validation objective, on Ray Tune."""
+#: The Optuna user attribute holding why a trial was told FAIL (a NaN or missing objective).
+FAIL_REASON_ATTR = "fail_reason"
+
+
+class NanFailingOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, except that a trial ending with a NaN (or missing) objective is told to
+    Optuna as FAILED, its reason in the user attribute :data:`FAIL_REASON_ATTR`. (Ray's own tell
+    passes NaN as a COMPLETE value, Optuna refuses it, Ray only logs that, and the study keeps the
+    trial RUNNING forever.) Uses OptunaSearch's ``_ot_trials``/``_ot_study``/``_completed_trials``."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        value = (result or {}).get(self.metric)
+        defined = isinstance(value, (int, float)) and math.isfinite(value)
+        ot_trial = self._ot_trials.get(trial_id)
+        if error or defined or ot_trial is None or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        r = result or {}
+        if r.get("reason"):
+            why = str(r["reason"])  # a diverged trial's own reason
+        elif r.get("best_epoch") is None:
+            why = "no epoch had a defined value (constant predictions or constant validation MOS)"
+        else:
+            why = "the last epoch's value is undefined (constant predictions)"
+        reason = f"objective {self.metric} is {'missing' if value is None else value} after epoch {r.get('epoch')}: {why}"
+        ot_trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+
+@dataclass
+class SearchOutcome:
+    """What a search left: the study's storage URL and name, its configurations ranked best first
+    ((objective, params, study trial number), each configuration once), the trial folder of each
+    configuration, and the one-line account of the study's trials."""
+
+    url: str
+    study_name: str
+    ranked: list[tuple[float, dict[str, Any], int]]
+    folders: dict[str, str]
+    account: str
+
+
+def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, say=print) -> SearchOutcome:
+    """The Optuna search over one split's validation objective, on Ray Tune.
+
+    Every run, the first or a continuation after any kill, starts from
+    :func:`drx.search.study.reconcile` (the study and the trial folders brought into agreement:
+    dead trials marked FAIL, unfinished configurations re-queued to continue from their
+    checkpoints under their old names, the start point enqueued once) and runs only what the
+    budget still lacks, in ``search`` or a continuation folder ``search-rN``. Ray's own restore
+    files are not used for a search (they lag the study and the folders by up to a snapshot).
+    """
     spec = plan.spec
-    exp_dir = str(Path(storage) / name)
+    exp_dir = Path(storage) / name
     url = study_url(spec.storage, exp_dir)
-    study_storage = open_study_storage(url)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed)
-    searcher = OptunaSearch(
+    runs = run_folders(exp_dir, SEARCH_RUN)
+    if runs:
+        for line in check_ray_run(runs[-1]).moved:
+            say(line)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # drx says what matters about the study in its own lines
+    study_storage = open_search_storage(url, say)
+    study = optuna.create_study(storage=study_storage, study_name=spec.name, direction="maximize", load_if_exists=True)
+    seed = sampler_seed(spec.seed, study)
+    ledger = reconcile(study, plan, exp_dir, spec.budget.num_samples, [dict(plan.defaults)] if spec.enqueue_base else [])
+    for line in ledger.lines:
+        say(line)
+    if ledger.to_run:
+        run_name = next_run_name(exp_dir, SEARCH_RUN)
+        if runs:
+            say(f"continuing the search in {exp_dir / run_name}: {len(ledger.finished)} of {spec.budget.num_samples} configurations "
+                f"have finished; {ledger.waiting} queued and {ledger.new} new (sampler seed {seed}, from the study's trial count)")
+        elif resume:
+            say(f"--resume: nothing to resume in {exp_dir}; starting it")
+        _fit(_search_tuner(plan, study_storage, seed, ledger.resume, run_name, ledger.to_run, str(exp_dir), max_failures, say))
+        left = mark_abandoned(study, "left RUNNING when its search run ended (an ask or tell that failed past its retries)")
+        if left:
+            say(f"study {spec.name}: trial(s) {', '.join(f'#{n}' for n in left)} left RUNNING at the end of the run: marked FAIL")
+    else:
+        say(f"search {name}: all {len(ledger.finished)} configurations of the budget have finished; nothing to run")
+    names = {}
+    for run in run_folders(exp_dir, SEARCH_RUN):
+        for tdir in (p for p in run.iterdir() if p.is_dir() and (p / "params.json").is_file()):
+            names[params_key(json.loads((tdir / "params.json").read_text()), plan.distributions)] = tdir.name
+    retried = sum(int((read_trial_status(p) or {}).get("failures") or 0) for run in run_folders(exp_dir, SEARCH_RUN) for p in run.iterdir() if p.is_dir())
+    ranked = ranked_configurations(study, plan.distributions)
+    folders = {params_key(p, plan.distributions): names.get(params_key(p, plan.distributions), "") for _, p, _ in ranked}
+    return SearchOutcome(url, spec.name, ranked, folders, describe_account(study, retried))
+
+
+def _search_tuner(plan, study_storage, seed: int, resume: dict[str, Resume], run_name: str, num_samples: int, exp_dir: str,
+                  max_failures: int, say) -> Tuner:
+    """The Tuner of one search run: Ray's OptunaSearch on the persistent study (its start points
+    are already in the study, as WAITING trials), ASHA or FIFO, `num_samples` trials."""
+    spec = plan.spec
+    searcher = NanFailingOptunaSearch(
         space=plan.distributions,
         metric=spec.objective,
         mode="max",
-        points_to_evaluate=[dict(plan.defaults)] if spec.enqueue_base else None,
-        sampler=sampler,
+        sampler=optuna.samplers.TPESampler(seed=seed),
         study_name=spec.name,
         storage=study_storage,
     )
@@ -417,32 +616,19 @@ def run_search(plan, storage: str, name: str, max_failures: int, resume: bool, s
     base = build_config(plan.base_config)
     cpu = spec.resources.cpu or base.resources.cpu
     gpu = spec.resources.gpu if spec.resources.gpu is not None else base.resources.gpu
-    trainable = tune.with_resources(tune.with_parameters(search_trainable, plan=plan), resources=_pgf(cpu, gpu))
+    trainable = tune.with_resources(tune.with_parameters(search_trainable, plan=plan, resume=resume), resources=_pgf(cpu, gpu))
+    names = {key: r.name for key, r in resume.items()}
 
     def label(trial) -> str:
-        return f"search-{trial.trial_id}"
+        # A configuration continued from an earlier run keeps its trial's name: the report merges the folders by name.
+        return names.get(params_key(trial.config, plan.distributions), f"search-{trial.trial_id}")
 
-    def make(run_name: str, num_samples: int | None = None) -> Tuner:
-        n = num_samples or spec.budget.num_samples
-        return Tuner(
-            trainable,
-            tune_config=TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=n,
-                trial_name_creator=label,
-                trial_dirname_creator=label,
-            ),
-            run_config=_run_config(run_name, exp_dir, max_failures, [ProgressPrinter(n, label, metric=spec.objective, say=say)]),
-        )
-
-    def continuation(run_name: str, runs: list[Path]) -> Tuner | None:
-        # The Optuna study persists: the sampler continues from every trial it was told about.
-        done = sum(1 for run in runs for t in run.iterdir() if t.is_dir() and trial_progress(t)[0] != "new")
-        left = spec.budget.num_samples - done
-        return make(run_name, left) if left > 0 else None
-
-    return fit_or_restore(Path(exp_dir), SEARCH_RUN, make, trainable, resume, say, continuation), url
+    return Tuner(
+        trainable,
+        tune_config=TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples, trial_name_creator=label,
+                               trial_dirname_creator=label),
+        run_config=_run_config(run_name, exp_dir, max_failures, [ProgressPrinter(num_samples, label, metric=spec.objective, say=say)]),
+    )
 
 
 def run_confirm(candidates: dict[str, dict[str, Any]], splits: list[int], storage: str, name: str, max_failures: int, resume: bool, say=print):

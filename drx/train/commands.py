@@ -12,6 +12,7 @@ import torch
 
 from drx.config import load_config
 from drx.metrics import METRICS
+from drx.train.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from drx.train.predict import collect_images, load_trained, predict_images
 from drx.train.trainer import run_trial
 
@@ -24,7 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = result.summary()
     print()
     print(_final_table(result))
-    print(f"\nresult: {out / 'result.json'}  metrics: {out / 'metrics.csv'}  config: {out / 'config.yaml'}  checkpoint: {out / 'checkpoint.pt'}")
+    print(f"\nresult: {out / 'result.json'}  metrics: {out / 'metrics.csv'}  config: {out / 'config.yaml'}  checkpoint: {out / CHECKPOINT_NAME}")
     if result.status != "ok":
         print(f"trial {result.status}: {result.reason}", file=sys.stderr)
         return 1
@@ -35,7 +36,8 @@ def _final_table(result) -> str:
     def f(v):
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
 
-    rows = [("metric", f"last epoch ({result.epochs_completed})", f"selected epoch ({result.best_epoch}, selected on {result.select_on})")]
+    selected = f"selected epoch ({result.best_epoch}, selected on {result.select_on})" if result.best_epoch else f"selected epoch (none: {result.status})"
+    rows = [("metric", f"last epoch ({result.epochs_completed})", selected)]
     for m in METRICS:
         rows.append((f"test {m}", f(result.final.get(f"test_{m}")), f(result.best.get(f"test_{m}"))))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -45,9 +47,9 @@ def _final_table(result) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, mos_range = load_trained(args.checkpoint, device)
+    trained = load_trained(args.checkpoint, device)
     paths, errors = collect_images(args.images)
-    pred = predict_images(model, cfg, mos_range, paths, batch_size=args.batch)
+    pred = predict_images(trained, paths, batch_size=args.batch)
     errors = errors + pred.errors
     table = pred.scores
     if args.format == "csv":
@@ -59,7 +61,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if pred.prompts and pred.prompts[0] in row:
                 rec["expert_weights"] = {p: row[p] for p in pred.prompts}
             records.append(rec)
-        print(json.dumps({"predictions": records, "errors": [{"image": p, "reason": r} for p, r in errors]}, indent=2))
+        print(json.dumps({"predictions": records, "errors": [{"image": p, "reason": r} for p, r in errors], "warnings": pred.warnings}, indent=2))
     else:
         if len(table):
             shown = table.copy()
@@ -70,6 +72,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     lambda r: ", ".join(f"{k} {v:.2f}" for k, v in r.sort_values(ascending=False).head(3).items()), axis=1
                 )
             print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for warning in pred.warnings:
+        print(f"drx predict: warning: {warning}", file=sys.stderr)
     for path, reason in errors:
         print(f"drx predict: could not score {path}: {reason}", file=sys.stderr)
     return 1 if errors else 0
@@ -80,11 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--config", required=True, metavar="FILE_OR_PRESET", help="YAML config or packaged preset (e.g. tiny, paper-koniq)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.lr=1e-4 (repeatable)")
     t.add_argument("--out", help="output folder (default: runs/<name>)")
-    t.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint.pt written by an earlier run")
+    t.add_argument("--resume", metavar="CHECKPOINT", help=f"continue from the {CHECKPOINT_NAME} (or the folder) of an earlier run")
     t.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="score images with a trained trial and name the experts behind each score")
-    p.add_argument("checkpoint", help="checkpoint.pt / best.pt (or the trial folder) written by drx train")
+    p.add_argument("checkpoint", help=f"{BEST_NAME} / {CHECKPOINT_NAME} (or the trial folder) written by drx train; "
+                   "safetensors only: drx never unpickles a checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--batch", type=int, default=32)

@@ -26,12 +26,17 @@ from drx.builtin import resolve
 from drx.config import ExperimentConfig, save_config
 from drx.data.benchmarks import get_adapter, load_manifest
 from drx.data.loader import EvalCrops, TrainCrops, make_train_loader
-from drx.data.splits import SplitParts, cross_dataset_parts, persisted_splits, select, split_parts
-from drx.errors import ConfigError
+from drx.data.images import image_size, resized_size
+from drx.data.splits import (
+    MIN_RANK_IMAGES, OFFICIAL_COLUMN, OFFICIAL_PARTS, SplitParts, SplitSet, check_rankable, cross_dataset_parts, official_splits,
+    persisted_splits, select, split_parts,
+)
+from drx.errors import ConfigError, DataError
+from drx.experiment import NO_SELECTION
 from drx.io import atomic_write, atomic_write_json
 from drx.metrics import METRICS, iqa_metrics
 from drx.model import build_model
-from drx.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, FORMAT, atomic_save, load_checkpoint, restore_rng, rng_state
+from drx.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, FORMAT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from drx.train.explain import write_explanations
 from drx.train.optim import autocast_dtype, build_loss, build_optimizer, build_scheduler, train_step
 from drx.train.scoring import mos_scaler, score_images
@@ -47,10 +52,10 @@ class Reporter(Protocol):
 class TrialResult:
     """What a trial returns (and writes to ``result.json``)."""
 
-    status: str  # "ok" | "diverged"
+    status: str  # "ok" | "diverged" | "no_selection" (no epoch had a defined selection metric)
     select_on: str  # "val" (best validation SRCC) | "test" (best test PLCC, the authors' habit)
     epochs_completed: int
-    best_epoch: int | None  # the selected epoch (1-based)
+    best_epoch: int | None  # the selected epoch (1-based); None when no epoch could be selected
     final: dict[str, float]  # last epoch's metrics
     best: dict[str, float]  # metrics at the selected epoch
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -87,32 +92,134 @@ class TrialResult:
 
 @dataclass
 class TrialData:
+    """The datasets of one trial and what the trial records about its inputs.
+
+    ``inputs`` is the trained model's record of what its training images went through (see
+    :func:`inputs_record`); ``notes`` are lines the trial prints before training.
+    """
+
     train: Any
     val: Any
     test: Any
     mos_range: tuple[float, float]
     test_mos_range: tuple[float, float]
     counts: dict[str, int]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+#: Training images whose size :func:`inputs_record` samples (header reads only).
+SIZE_SAMPLE = 64
+
+
+def inputs_record(cfg: ExperimentConfig, manifest: pd.DataFrame, train_ids: tuple[str, ...]) -> dict[str, Any]:
+    """What the trial's training images went through, for ``drx predict`` to repeat.
+
+    ``prepared``: the resize of the prepared copy the images come from (``drx-prepared.json`` of
+    ``data.root``: ``{"resize": {"mode", "size"} | None, "source": original folder}``), or None for
+    original files. ``resize``: ``data.resize`` (applied to every image after loading).
+    ``train_short_side_px``: median shorter side, in px after both, of up to :data:`SIZE_SAMPLE`
+    training images (read from the image headers), the scale ``drx predict`` compares against.
+    """
+    ids = sorted(train_ids)
+    step = max(1, len(ids) // SIZE_SAMPLE)
+    paths = select(manifest, ids[::step][:SIZE_SAMPLE])["path"]
+    sides = []
+    for path in paths:
+        try:
+            w, h = image_size(path)
+        except DataError:
+            continue  # an unreadable image fails the trial when it is loaded, with its own message
+        w, h = resized_size(w, h, cfg.data.resize)
+        sides.append(min(w, h))
+    return {
+        "prepared": manifest.attrs.get("prepared"),
+        "resize": cfg.data.resize.model_dump(mode="json") if cfg.data.resize is not None else None,
+        "train_short_side_px": float(np.median(sides)) if sides else None,
+        "train_images_sampled": len(sides),
+    }
+
+
+def _split_set(cfg: ExperimentConfig, manifest: pd.DataFrame, benchmark: str, notes: list[str]) -> SplitSet:
+    """The split set of the trial's protocol (``data.split.protocol``)."""
+    d, s = cfg.data, cfg.data.split
+    if s.protocol == "official":
+        split_set = official_splits(manifest, s.file, benchmark)
+        if len(split_set) != s.n_splits:
+            raise DataError(
+                f"data.split.protocol official: {split_set.source} holds {len(split_set)} split(s) but data.split.n_splits="
+                f"{s.n_splits}; set data.split.n_splits={len(split_set)}"
+            )
+        notes.append(
+            f"official split of {benchmark} ({split_set.source}): its own validation part; data.split.val_fraction, "
+            "train_fraction and seed do not shape it"
+        )
+        return split_set
+    if OFFICIAL_COLUMN in manifest.columns:
+        # Never silently ignored: the labels carry an official split that this protocol does not use.
+        counts = manifest[OFFICIAL_COLUMN].value_counts()
+        notes.append(
+            f"note: {manifest.attrs.get('official_split_source') or 'the labels'} carry an official split "
+            f"({', '.join(f'{int(counts.get(p, 0))} {p}' for p in OFFICIAL_PARTS)}) that data.split.protocol random does not use; "
+            "set data.split.protocol=official to train and select on it"
+        )
+    return persisted_splits(manifest, seed=s.seed, n_splits=s.n_splits, train_fraction=s.train_fraction, path=s.file, benchmark=benchmark, cache=d.cache)
+
+
+def _check_selection_part(cfg: ExperimentConfig, parts: SplitParts, split_set: SplitSet | None, mos: dict[str, float], test_mos: dict[str, float]) -> None:
+    """Refuse, before training, a selection part that cannot rank (see :func:`drx.data.splits.check_rankable`)."""
+    s = cfg.data.split
+    if cfg.train.select_on == "test":
+        check_rankable(parts.test_ids, test_mos, f"the test part ({'official split' if s.protocol == 'official' else f'split {s.index}'}), "
+                       "which selects the epoch under train.select_on test,",
+                       "lower data.split.train_fraction, or select on the validation part (train.select_on val)")
+        return
+    if not parts.val_ids and s.protocol == "random":
+        return  # val_fraction 0 with select_on val is refused in run_trial with its own message
+    if split_set is not None and split_set.protocol == "official":
+        check_rankable(parts.val_ids, mos, f"the official validation part ({split_set.source})",
+                       "this official split cannot select epochs on these images; use data.split.protocol random "
+                       "(a validation part carved with data.split.val_fraction) or labels with more validation images")
+        return
+    pool = len(parts.val_ids) + len(parts.train_ids)
+    if s.fraction < 1.0:
+        pool = len(parts.val_ids) + int(round(len(parts.train_ids) / s.fraction))
+    need = math.ceil(100 * MIN_RANK_IMAGES / max(1, pool)) / 100
+    where = f"split {s.index}" if cfg.data.test_benchmark is None else f"the {cfg.data.benchmark} training images"
+    check_rankable(
+        parts.val_ids, mos,
+        f"the validation part of {where} ({len(parts.val_ids)} of {pool} training images at data.split.val_fraction {s.val_fraction:g})",
+        f"raise data.split.val_fraction (to at least {need:.2f} here)" + (" or change data.split.seed" if len(parts.val_ids) >= MIN_RANK_IMAGES else "")
+        + ", or use more images",
+    )
 
 
 def build_trial_data(cfg: ExperimentConfig) -> TrialData:
-    """Manifest -> persisted split -> train/val/test datasets for this trial."""
+    """Manifest -> split (random persisted, or official) -> train/val/test datasets for this trial.
+
+    Raises DataError before any training when the part that selects epochs cannot rank (too few
+    images, or one MOS), naming the numbers and the option to change."""
     d = cfg.data
     s = d.split
+    notes: list[str] = []
     manifest = load_manifest(d.benchmark, d.root, d.options)
     adapter = get_adapter(d.benchmark)
     mos_range = tuple(adapter.mos_range(d.options, manifest))
 
-    def splits_of(m, benchmark):
-        return persisted_splits(m, seed=s.seed, n_splits=s.n_splits, train_fraction=s.train_fraction, path=s.file, benchmark=benchmark, cache=d.cache)
-
+    split_set: SplitSet | None = None
     if d.test_benchmark is None:
-        parts = split_parts(splits_of(manifest, d.benchmark), s.index, s.val_fraction, s.fraction, s.seed)
+        split_set = _split_set(cfg, manifest, d.benchmark, notes)
+        parts = split_parts(split_set, s.index, s.val_fraction, s.fraction, s.seed)
         test_manifest, test_mos_range = manifest, mos_range
     else:
+        if s.protocol == "official" and d.cross_train == "all":
+            raise ConfigError(
+                "data.split.protocol official with data.cross_train all: training on every image of the benchmark uses no split; "
+                "set data.cross_train split to train on the official training part (and select on its validation part)"
+            )
         test_manifest = load_manifest(d.test_benchmark, d.test_root, d.test_options)
         test_mos_range = tuple(get_adapter(d.test_benchmark).mos_range(d.test_options, test_manifest))
-        split_set = splits_of(manifest, d.benchmark) if d.cross_train == "split" else None
+        split_set = _split_set(cfg, manifest, d.benchmark, notes) if d.cross_train == "split" else None
         parts = cross_dataset_parts(
             manifest, test_manifest, split_set, s.index if split_set is not None else None, s.val_fraction, s.seed
         )
@@ -120,6 +227,9 @@ def build_trial_data(cfg: ExperimentConfig) -> TrialData:
             keep = max(1, int(round(len(parts.train_ids) * s.fraction)))
             order = np.random.default_rng([s.seed, s.index, 2]).permutation(len(parts.train_ids))
             parts = SplitParts(tuple(sorted(parts.train_ids[i] for i in order[:keep])), parts.val_ids, parts.test_ids)
+    mos_of = dict(zip(manifest["image_id"].astype(str), manifest["mos"].astype(float)))
+    test_mos_of = dict(zip(test_manifest["image_id"].astype(str), test_manifest["mos"].astype(float)))
+    _check_selection_part(cfg, parts, split_set, mos_of, test_mos_of)
     to_target, _ = mos_scaler(mos_range, cfg.train.target_range)
     crop = cfg.model.img_size
     common = {"crop_size": crop, "resize": d.resize, "cache_images": d.cache_images}
@@ -130,7 +240,7 @@ def build_trial_data(cfg: ExperimentConfig) -> TrialData:
     val = EvalCrops(select(manifest, parts.val_ids), crops_per_image=d.test_crops, seed=d.test_crop_seed, **common) if parts.val_ids else None
     test = EvalCrops(select(test_manifest, parts.test_ids), crops_per_image=d.test_crops, seed=d.test_crop_seed, **common)
     counts = {"train": len(parts.train_ids), "val": len(parts.val_ids), "test": len(parts.test_ids)}
-    return TrialData(train, val, test, mos_range, test_mos_range, counts)
+    return TrialData(train, val, test, mos_range, test_mos_range, counts, inputs_record(cfg, manifest, parts.train_ids), notes)
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -160,10 +270,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _selection_key(metrics: dict[str, float], select_on: str) -> float:
-    # val: validation SRCC; test: test PLCC, as the authors' code selects (>=, so later epochs win ties).
-    v = metrics.get("test_plcc" if select_on == "test" else "val_srcc", float("nan"))
-    return v if math.isfinite(v) else -math.inf
+#: The metric each selection rule (train.select_on) maximises.
+SELECTION_METRIC = {"val": "val_srcc", "test": "test_plcc"}
+
+
+def _selection_value(metrics: dict[str, Any], select_on: str) -> float | None:
+    """The epoch's selection metric, or None when it is undefined (NaN: constant predictions or MOS)."""
+    v = metrics.get(SELECTION_METRIC[select_on])
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _improves(value: float | None, best: float | None, select_on: str) -> bool:
+    """Whether an epoch's selection value replaces the best so far. An undefined value never does,
+    so an epoch with a NaN metric is never selected over one with a defined metric (nor at all).
+    val: strictly greater; test: >= (later epochs win ties, as the authors' code selects)."""
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value >= best if select_on == "test" else value > best
 
 
 def _is_tty() -> bool:
@@ -184,9 +309,16 @@ def run_trial(
     the folder holding its checkpoint (``None`` without ``out_dir``). ``resume_from`` (a
     checkpoint file or folder) continues a trial exactly where its checkpoint left it.
     Non-finite loss ends the trial with status ``diverged``.
+
+    Selection: the epoch with the best defined selection metric (:data:`SELECTION_METRIC`); an
+    epoch whose metric is NaN is never selected. When no epoch has a defined metric the result's
+    status is ``no_selection`` (no best weights are written; ``best_epoch`` is None). A selection
+    part that cannot rank at all (too few images, one MOS) is refused before training (DataError).
     """
     cfg = config
     t_start = time.perf_counter()
+    # Read (and vet) the checkpoint first: a file that is not a drx checkpoint fails before any work.
+    resume_state = load_checkpoint(resume_from) if resume_from is not None else None
     say = log_line or (lambda s: print(s, file=sys.stderr, flush=True))
     show_bars = _is_tty() if progress is None else progress
     out = Path(out_dir) if out_dir is not None else None
@@ -197,7 +329,7 @@ def run_trial(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     amp = autocast_dtype(cfg.train.precision, device)
-    if cfg.train.select_on == "val" and cfg.data.split.val_fraction == 0.0:
+    if cfg.train.select_on == "val" and cfg.data.split.val_fraction == 0.0 and cfg.data.split.protocol == "random":
         raise ConfigError("train.select_on = 'val' selects the epoch on a validation part: data.split.val_fraction must be > 0")
 
     seed_everything(cfg.train.seed)
@@ -213,11 +345,13 @@ def run_trial(
         return model(x).score
 
     history: list[dict[str, Any]] = []
-    best_key, best_epoch, best_metrics = -math.inf, None, {}
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = {}
     start_epoch = 0
     data_wait = compute = 0.0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
+    if resume_state is not None:
+        state = resume_state
         model.load_trainable_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -225,7 +359,7 @@ def run_trial(
             scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
         history = list(state["history"])
-        best_key, best_epoch, best_metrics = state["best_key"], state["best_epoch"], dict(state["best_metrics"])
+        best_value, best_epoch, best_metrics = state["best_value"], state["best_epoch"], dict(state["best_metrics"])
         start_epoch = int(state["epoch"])
         data_wait, compute = state.get("data_wait_s", 0.0), state.get("compute_s", 0.0)
         say(f"resumed from {resume_from} after epoch {start_epoch}")
@@ -236,6 +370,8 @@ def run_trial(
         + f" | {steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs | {device.type}"
         + (f" {str(amp).replace('torch.', '')}" if amp else " fp32")
     )
+    for note in data.notes:
+        say(note)
 
     status, diverged_epoch, reason = "ok", None, None
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -306,11 +442,11 @@ def run_trial(
                 "compute_s": ep_compute,
             }
         )
-        key = _selection_key(metrics, cfg.train.select_on)
-        improved = key >= best_key if cfg.train.select_on == "test" else key > best_key
-        if improved or best_epoch is None:
-            best_key, best_epoch, best_metrics = key, epoch + 1, {k: v for k, v in metrics.items() if isinstance(v, float)}
-        metrics["best_epoch"] = best_epoch
+        value = _selection_value(metrics, cfg.train.select_on)
+        if _improves(value, best_value, cfg.train.select_on):
+            best_value, best_epoch, best_metrics = value, epoch + 1, {k: v for k, v in metrics.items() if isinstance(v, float)}
+        metrics["best_epoch"] = best_epoch  # None until an epoch has a defined selection metric
+        metrics["select_on"] = cfg.train.select_on
         history.append(metrics)
         say(_epoch_line(metrics, cfg.train.epochs))
 
@@ -326,19 +462,21 @@ def run_trial(
                 "rng": rng_state(),
                 "config": cfg.to_dict(),
                 "history": history,
-                "best_key": best_key,
+                "best_value": best_value,
                 "best_epoch": best_epoch,
                 "best_metrics": best_metrics,
                 "mos_range": list(data.mos_range),
+                "inputs": data.inputs,
                 "data_wait_s": data_wait,
                 "compute_s": compute,
             }
             if cfg.train.keep_best and best_epoch == epoch + 1:
-                atomic_save(
-                    {"format": FORMAT, "epoch": epoch + 1, "model": state["model"], "config": state["config"], "mos_range": state["mos_range"], "best": True},
+                save_checkpoint(
+                    {"format": FORMAT, "epoch": epoch + 1, "model": state["model"], "config": state["config"],
+                     "mos_range": state["mos_range"], "inputs": data.inputs, "best": True},
                     out / BEST_NAME,
                 )
-            atomic_save(state, out / CHECKPOINT_NAME)
+            save_checkpoint(state, out / CHECKPOINT_NAME)
             _write_metrics_csv(history, out / "metrics.csv")
             if epoch + 1 == cfg.train.epochs:
                 _explain(model, cfg, data, out, best_weights=(out / BEST_NAME) if cfg.train.keep_best else None)
@@ -347,6 +485,12 @@ def run_trial(
             report(metrics, ckpt_dir)
 
     ok_history = [h for h in history if h.get("status") == "ok"]
+    if status == "ok" and ok_history and best_epoch is None:
+        metric = SELECTION_METRIC[cfg.train.select_on]
+        status = NO_SELECTION
+        reason = (f"no epoch selected: {metric} was NaN at all {len(ok_history)} epoch(s) (constant predictions or constant MOS); "
+                  "no best weights were written")
+        say(f"trial {cfg.name}: {reason}")
     result = TrialResult(
         status=status,
         select_on=cfg.train.select_on,

@@ -27,6 +27,17 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 EXCLUDED_FILE = "drx-excluded.csv"
 PREPARED_FILE = "drx-prepared.json"
 MAX_LISTED = 10
+#: The manifest column holding each image's official part (one of OFFICIAL_PARTS), when the labels
+#: carry an official split (data.split.protocol official uses it; drx.data.splits).
+OFFICIAL_COLUMN = "official_split"
+OFFICIAL_PARTS = ("train", "val", "test")
+# Spellings of the parts in published label files: KonIQ's `set` (training/validation/test),
+# pyiqa's meta-info split columns (train/val/test).
+_PART_NAMES = {
+    "train": "train", "training": "train", "trn": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test", "tst": "test",
+}
 
 
 def listing(items: Iterable[str], limit: int = MAX_LISTED) -> str:
@@ -47,12 +58,19 @@ def suggest(name: str, valid: Iterable[str]) -> str:
 
 @dataclass
 class Labels:
-    """An adapter's parsed label file: a frame with image_id, path, mos, [group], [std] and
-    ``_row`` (the row's position in the label file, for messages)."""
+    """An adapter's parsed label file: a frame with image_id, path, mos, [group], [std],
+    [official_split] and ``_row`` (the row's position in the label file, for messages).
+
+    The hints are computed by the adapter from what the user gave (which file, which options) and
+    end the matching error: ``range_hint`` an out-of-range MOS, ``path_hint`` missing image files.
+    ``official_source`` says where the ``official_split`` column came from."""
 
     frame: pd.DataFrame
     label_file: Path
     warnings: list[str] = field(default_factory=list)
+    range_hint: str = ""
+    path_hint: str = ""
+    official_source: str | None = None
 
 
 def need_file(path: Path, what: str) -> Path:
@@ -126,6 +144,22 @@ def float_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
         items = [f"{w} ({v!r})" for w, v in zip(df.loc[bad, "_row"], raw[bad])]
         raise DataError(f"{path}: column {col!r} must hold numbers; {len(items)} row(s) do not: {listing(items)}")
     return num
+
+
+def official_part_names(values: pd.Series, rows: Iterable[str], where: str) -> pd.Series:
+    """Label-file spellings of the official parts (``training``/``validation``/``test``,
+    ``train``/``val``/``test``, ...) -> ``train``/``val``/``test``. DataError naming `where`, the
+    rows and the values it does not know (an empty cell included)."""
+    text = values.astype(str).str.strip().str.lower().where(values.notna(), "")
+    out = text.map(_PART_NAMES)
+    bad = out.isna()
+    if bad.any():
+        items = [f"{r} ({v!r})" for r, v in zip(pd.Series(list(rows), index=values.index)[bad], values[bad])]
+        raise DataError(
+            f"{where}: {len(items)} row(s) name no official part: {listing(items)}; expected one of "
+            f"{', '.join(sorted(_PART_NAMES))} (train / validation / test)"
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------- adapters

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from drx.data.benchmarks.base import EXCLUDED_FILE, IMAGE_EXTENSIONS, get_adapter
 from drx.data.benchmarks.manifest import apply_exclusions, check_prepared, label_problems, missing_files
-from drx.data.images import load_image
+from drx.data.images import inspect_image
+from drx.data.benchmarks.base import OFFICIAL_COLUMN, OFFICIAL_PARTS
 from drx.errors import DataError
 
 
@@ -37,8 +38,12 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)  # (image_id, path)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (image_id, path, reason)
+    # Decode without error but are probably damaged (drx.data.images.damage_signs): (image_id, path, signs).
+    suspect: list[tuple[str, str, str]] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)  # image files in the image folders, not in the labels
     scanned: bool = False
+    official_split: dict[str, int] = field(default_factory=dict)  # images per official part (train/val/test)
+    official_source: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -55,7 +60,8 @@ class CheckReport:
         if self.label_file:
             lines.append(f"labels      {self.label_file}")
         exp = f" (the full benchmark has {self.expected_count})" if self.expected_count is not None else ""
-        lines.append(f"images      {self.n_labels} scored{exp}; {self.n_readable} readable")
+        damaged = f", {len(self.suspect)} of them probably damaged (see below)" if self.suspect else ""
+        lines.append(f"images      {self.n_labels} scored{exp}; {self.n_readable} readable{damaged}")
         if self.n_excluded:
             lines.append(f"excluded    {self.n_excluded} (listed in {EXCLUDED_FILE})")
         if self.mos_stats:
@@ -64,6 +70,10 @@ class CheckReport:
             lines.append(
                 f"MOS         min {s['min']:.4g}  max {s['max']:.4g}  mean {s['mean']:.4g}  median {s['median']:.4g}  std {s['std']:.4g}{nominal}"
             )
+        if self.official_split:
+            o = self.official_split
+            lines.append(f"official    split {o['train']} train / {o['val']} validation / {o['test']} test ({self.official_source}); "
+                         "used with data.split.protocol official")
         if self.size_stats:
             z = self.size_stats
             lines.append(f"image size  width {z['min_width']}..{z['max_width']}  height {z['min_height']}..{z['max_height']}")
@@ -72,6 +82,8 @@ class CheckReport:
             ("warnings", self.warnings),
             ("missing images", [f"{i}  {p}" for i, p in self.missing]),
             ("unreadable images", [f"{i}  {p}: {r}" for i, p, r in self.unreadable]),
+            ("probably damaged images (they decode, but: `drx data prepare` excludes them only with --skip-bad)",
+             [f"{i}  {p}: {r}" for i, p, r in self.suspect]),
             ("unexpected (unscored) image files", self.unexpected),
         ):
             if items:
@@ -106,9 +118,9 @@ def cancel_on_error(futures: Iterable[Future]):
         raise
 
 
-def _decode_size(path: str) -> tuple[int, int]:
-    img = load_image(path)
-    return img.width, img.height
+def _decode_size(path: str) -> tuple[int, int, list[str]]:
+    img, signs = inspect_image(path)
+    return img.width, img.height, signs
 
 
 def _scan(dirs: list[tuple[Path, bool, frozenset[str]]]) -> tuple[list[str], bool]:
@@ -140,7 +152,9 @@ def check_benchmark(
     progress: bool = True,
 ) -> CheckReport:
     """Validate a benchmark completely: layout, every label row, and a full decode of every image
-    (in a thread pool). Collects every problem instead of stopping at the first."""
+    (in a thread pool). Collects every problem instead of stopping at the first. Images that
+    decode but are probably damaged (:func:`drx.data.images.damage_signs`) are listed by name in
+    ``suspect`` (a warning: the benchmark stays usable)."""
     report = CheckReport(benchmark=benchmark, root=str(root) if root is not None else None)
     try:
         adapter = get_adapter(benchmark)
@@ -162,7 +176,7 @@ def check_benchmark(
         return report
     try:
         report.mos_range = adapter.mos_range(opts, frame)
-        report.label_errors += label_problems(frame, labels.label_file, *report.mos_range, adapter.name)
+        report.label_errors += label_problems(frame, labels.label_file, *report.mos_range, adapter.name, labels.range_hint)
     except DataError as exc:
         report.label_errors.append(str(exc))
     if adapter.expected_count is not None and len(frame) != adapter.expected_count:
@@ -184,6 +198,12 @@ def check_benchmark(
         }
     missing = missing_files(frame)
     report.missing = list(zip(frame.loc[missing, "image_id"], frame.loc[missing, "path"]))
+    if report.missing and labels.path_hint:
+        report.warnings.append(f"{len(report.missing)} image(s) missing: {labels.path_hint}")
+    if OFFICIAL_COLUMN in frame.columns:
+        counts = frame[OFFICIAL_COLUMN].value_counts()
+        report.official_split = {p: int(counts.get(p, 0)) for p in OFFICIAL_PARTS}
+        report.official_source = labels.official_source
     present = frame[~missing]
     sizes: list[tuple[int, int]] = []
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
@@ -193,13 +213,17 @@ def check_benchmark(
             for fut in as_completed(futures):
                 i, p = futures[fut]
                 try:
-                    sizes.append(fut.result())
+                    w, h, signs = fut.result()
+                    sizes.append((w, h))
+                    if signs:
+                        report.suspect.append((i, p, "; ".join(signs)))
                 except DataError as exc:
                     reason = str(exc)
                     reason = reason[len(p) + 2 :] if reason.startswith(p + ": ") else reason
                     report.unreadable.append((i, p, reason))
                 bar.update(1)
     report.unreadable.sort()
+    report.suspect.sort()
     report.n_readable = len(sizes)
     if sizes:
         w, h = np.array(sizes).T

@@ -1,6 +1,10 @@
 """Any benchmark as one CSV file: an image path column and a score column, optionally a group,
-an id and a std column (options ``file``, ``path_column``, ``score_column``, ``group_column``,
-``id_column``, ``std_column``, ``mos_range``).
+an id, a std and an official-split column (options ``file``, ``path_column``, ``score_column``,
+``group_column``, ``id_column``, ``std_column``, ``split_column``, ``image_root``, ``mos_range``).
+
+pyiqa's meta-info files (``meta_info_<Dataset>.csv``: ``img_name,mos,std,split``, kept apart from
+the images) read as ``file=<meta>``, ``path_column=img_name`` and ``image_root=<image folder>``
+(or ``--root <image folder>``): see docs/data.md.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import numpy as np
 import pandas as pd
 
 from drx.data.benchmarks.base import (
+    OFFICIAL_COLUMN,
     Adapter,
     Labels,
     float_column,
     need_file,
+    official_part_names,
     read_csv,
     register_benchmark,
     require_columns,
@@ -40,9 +46,13 @@ class CSVBenchmark(Adapter):
         "group_column": None,
         "id_column": None,
         "std_column": None,
+        "split_column": None,
+        "image_root": None,
         "mos_range": None,
     }
     layout = "a CSV file (option file, default <root>/labels.csv) with an image path column and a score column"
+    # Without option split_column, the first of these columns whose every value names a part.
+    SPLIT_COLUMNS = ("official_split", "split", "set")
 
     def resolve_options(self, options):
         opts = super().resolve_options(options)
@@ -87,6 +97,32 @@ class CSVBenchmark(Adapter):
     def label_files(self, root, options):
         return [self._file(root, options)]
 
+    def _image_base(self, root: Path, csv_path: Path, options) -> tuple[Path, str]:
+        """(folder the CSV's relative image paths resolve against, why that one)."""
+        if options["image_root"] is not None:
+            base = Path(str(options["image_root"])).expanduser()
+            if not base.is_absolute():
+                base = root / base
+            return base.absolute(), "option image_root"
+        if csv_path.parent.absolute() == root or root in csv_path.absolute().parents:
+            return csv_path.parent.absolute(), "the label file's folder"
+        # The CSV lies outside data.root (pyiqa keeps its meta-info files apart from the images):
+        # the root the user gave is the image folder, never silently unused.
+        return root, "data.root (--root), since the label file lies outside it"
+
+    def _split(self, df: pd.DataFrame, path: Path, options, warnings: list[str]) -> tuple[pd.Series | None, str | None]:
+        col = options["split_column"]
+        if col is not None:
+            require_columns(df, [col], path)
+            return official_part_names(df[col], df["_row"], f"{path}: column {col!r} (option split_column)"), col
+        for cand in self.SPLIT_COLUMNS:
+            if cand in df.columns:
+                try:
+                    return official_part_names(df[cand], df["_row"], f"{path}: column {cand!r}"), cand
+                except DataError as exc:
+                    warnings.append(f"column {cand!r} is not read as an official split ({exc}); name a split column with option split_column")
+        return None, None
+
     def parse(self, root, options):
         path = need_file(self._file(root, options), "CSV label file")
         df = read_csv(path)
@@ -100,7 +136,7 @@ class CSVBenchmark(Adapter):
         cols += [options[k] for k in ("group_column", "id_column", "std_column") if options[k] is not None]
         require_columns(df, cols, path)
         rel = text_column(df, options["path_column"], path, "image path")
-        base = path.parent
+        base, why = self._image_base(root, path, options)
         paths = [p if os.path.isabs(p) else os.path.abspath(os.path.join(base, p)) for p in rel]
         ids = text_column(df, options["id_column"], path, "image id") if options["id_column"] else rel
         frame = pd.DataFrame(
@@ -115,4 +151,13 @@ class CSVBenchmark(Adapter):
             frame["group"] = text_column(df, options["group_column"], path, "group").values
         if options["std_column"]:
             frame["std"] = float_column(df, options["std_column"], path).values
-        return Labels(frame, path)
+        warnings: list[str] = []
+        parts, split_col = self._split(df, path, options, warnings)
+        if parts is not None:
+            frame[OFFICIAL_COLUMN] = parts.values
+        hint = ""
+        if any(not os.path.isabs(p) for p in rel):
+            hint = (f"relative paths of column {options['path_column']!r} were resolved against {base} ({why}); "
+                    "set option image_root=<the folder holding the images> if they lie elsewhere")
+        return Labels(frame, path, warnings, path_hint=hint,
+                      official_source=f"column {split_col!r} of {path}" if split_col else None)

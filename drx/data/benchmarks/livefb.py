@@ -46,6 +46,25 @@ class LIVEFB(Adapter):
                 return cand
         return need_file(root / self.LABEL, "LIVE-FB label file (also looked for database/labels_image.csv)")
 
+    def _check_layout(self, df: pd.DataFrame, path: Path, root: Path) -> None:
+        """DataError naming the file a user gave in place of labels_image.csv and where the image
+        labels are, computed from its columns (a "did you mean" column would mislead here)."""
+        cols = [c for c in df.columns if c != "_row"]
+        if {"name", "mos"} <= set(cols):
+            return
+        shown = ", ".join(cols[:8]) + (", ..." if len(cols) > 8 else "")
+        where = f"labels_image.csv (columns name, mos) in {root} or {root / 'database'}"
+        if "img_name/patch_name" in cols:
+            what = ("pyiqa's meta_info_FLIVEDataset.csv (patches as extra rows); read it with benchmark csv "
+                    "(docs/data.md, pyiqa meta-info files), or give PaQ-2-PiQ's")
+        elif "name_image" in cols and "mos_image" in cols:
+            what = "PaQ-2-PiQ's labels640.csv (the 1,827 images of the official test part, with their patch boxes); the labels of all 39,810 images are"
+        elif any("patch" in c for c in cols):
+            what = "patch labels (PaQ-2-PiQ's labels_patch.csv: one row per patch); drx trains on whole images, whose labels are"
+        else:
+            return
+        raise DataError(f"{path} holds {what} {where}. Columns found: {shown}")
+
     def label_files(self, root, options):
         return [self._label_path(root)]
 
@@ -55,10 +74,8 @@ class LIVEFB(Adapter):
     def parse(self, root, options):
         path = self._label_path(root)
         df = read_csv(path)
-        hint = ""
-        if any("patch" in c for c in df.columns):
-            hint = "; this looks like a pyiqa meta file or a patch label file, not PaQ-2-PiQ's labels_image.csv"
-        require_columns(df, ["name", "mos"], path, hint)
+        self._check_layout(df, path, root)
+        require_columns(df, ["name", "mos"], path)
         names = text_column(df, "name", path, "image path under database/")
         patch = names.str.replace("\\", "/", regex=False).str.contains(self._PATCH)
         if patch.any():

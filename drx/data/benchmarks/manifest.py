@@ -25,9 +25,10 @@ from drx.data.benchmarks.base import (
 from drx.errors import DataError
 
 
-def label_problems(frame: pd.DataFrame, path: Path, lo: float, hi: float, benchmark: str) -> list[str]:
+def label_problems(frame: pd.DataFrame, path: Path, lo: float, hi: float, benchmark: str, range_hint: str = "") -> list[str]:
     """One message per kind of label fault (no rows, missing or out-of-[lo, hi] MOS, duplicate
-    ids), each naming the label file `path` and the rows."""
+    ids), each naming the label file `path` and the rows; `range_hint` (the adapter's
+    :attr:`Labels.range_hint`, computed from what the user gave) ends the out-of-range message."""
     problems = []
     if len(frame) == 0:
         return [f"{path}: no images: the label file has no data rows for benchmark {benchmark!r}"]
@@ -41,7 +42,7 @@ def label_problems(frame: pd.DataFrame, path: Path, lo: float, hi: float, benchm
         items = [f"{w} ({i!r}: {m:g})" for w, i, m in zip(frame.loc[out, "_row"], frame.loc[out, "image_id"], mos[out])]
         problems.append(
             f"{path}: MOS outside the nominal range [{lo:g}, {hi:g}] of {benchmark!r} in {len(items)} row(s): {listing(items)}"
-            + (" (KonIQ: option score_column=MOS reads the 1-5 scale)" if benchmark == "koniq" else "")
+            + (f" ({range_hint})" if range_hint else "")
         )
     dup = frame["image_id"].duplicated(keep=False)
     if dup.any():
@@ -91,25 +92,30 @@ def checked_labels(adapter, root: Path, opts: dict) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(label_problems(frame, labels.label_file, 0, 0, adapter.name)[0])
     rng = adapter.mos_range(opts, frame)
-    problems = label_problems(frame, labels.label_file, rng[0], rng[1], adapter.name)
+    problems = label_problems(frame, labels.label_file, rng[0], rng[1], adapter.name, labels.range_hint)
     if problems:
         raise DataError("\n  ".join(problems))
     return labels, frame, rng
 
 
-def check_prepared(root: Path) -> None:
-    """DataError when `root` is a prepared copy that is damaged or was left incomplete."""
+def check_prepared(root: Path) -> dict[str, Any] | None:
+    """What `root`'s prepared copy went through (``{"resize": {"mode", "size"} | None, "source":
+    original folder}`` from ``drx-prepared.json``), or None when `root` is not a prepared copy.
+    DataError when it is a prepared copy that is damaged or was left incomplete."""
     marker = root / PREPARED_FILE
-    if marker.is_file():
-        try:
-            info = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            raise DataError(f"{marker}: damaged (not JSON); rerun `drx data prepare` into a new folder") from None
-        if not info.get("complete", False):
-            raise DataError(f"{root}: this prepared copy is incomplete (an interrupted `drx data prepare`?); rerun the same prepare command to finish it")
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{marker}: damaged (not JSON); rerun `drx data prepare` into a new folder") from None
+    if not info.get("complete", False):
+        raise DataError(f"{root}: this prepared copy is incomplete (an interrupted `drx data prepare`?); rerun the same prepare command to finish it")
+    return {"resize": info.get("resize"), "source": info.get("source")}
 
 
-def _finish(frame: pd.DataFrame, adapter: Adapter, root: Path, labels: Labels, rng: tuple[float, float], n_excluded: int) -> pd.DataFrame:
+def _finish(frame: pd.DataFrame, adapter: Adapter, root: Path, labels: Labels, rng: tuple[float, float], n_excluded: int,
+            prepared: dict[str, Any] | None = None) -> pd.DataFrame:
     cols = ["image_id", "path", "mos"] + [c for c in frame.columns if c not in ("image_id", "path", "mos", "_row")]
     out = frame[cols].reset_index(drop=True)
     out["image_id"] = out["image_id"].astype(str)
@@ -125,6 +131,8 @@ def _finish(frame: pd.DataFrame, adapter: Adapter, root: Path, labels: Labels, r
         "expected_count": adapter.expected_count,
         "excluded": n_excluded,
         "warnings": list(labels.warnings),
+        "prepared": prepared,
+        "official_split_source": labels.official_source,
     }
     return out
 
@@ -140,7 +148,7 @@ def load_manifest(benchmark: str, root: str | Path | None, options: dict[str, An
     adapter = get_adapter(benchmark)
     opts = adapter.resolve_options(options)
     rootp = adapter.resolve_root(root, opts)
-    check_prepared(rootp)
+    prepared = check_prepared(rootp)
     labels, frame, rng = checked_labels(adapter, rootp, opts)
     frame, excl = apply_exclusions(frame, rootp)
     if len(frame) == 0:
@@ -148,7 +156,8 @@ def load_manifest(benchmark: str, root: str | Path | None, options: dict[str, An
     missing = missing_files(frame)
     if missing.any():
         items = [f"{w} {i!r} -> {p}" for w, i, p in zip(frame.loc[missing, "_row"], frame.loc[missing, "image_id"], frame.loc[missing, "path"])]
-        raise DataError(f"{int(missing.sum())} image file(s) listed in {labels.label_file} are missing: {listing(items)}")
+        raise DataError(f"{int(missing.sum())} image file(s) listed in {labels.label_file} are missing: {listing(items)}"
+                        + (f" ({labels.path_hint})" if labels.path_hint else ""))
     if adapter.expected_count is not None and len(frame) != adapter.expected_count:
         log.info("%s: %d images, the full %s benchmark has %d (a subset is fine)", labels.label_file, len(frame), adapter.name, adapter.expected_count)
-    return _finish(frame, adapter, rootp, labels, rng, 0 if excl is None else len(excl))
+    return _finish(frame, adapter, rootp, labels, rng, 0 if excl is None else len(excl), prepared)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from drx.data.benchmarks.base import EXCLUDED_FILE, PREPARED_FILE, Adapter, get_adapter
 from drx.data.benchmarks.check import cancel_on_error, default_workers
 from drx.data.benchmarks.manifest import apply_exclusions, check_prepared, checked_labels
-from drx.data.images import ResizeConfig, load_image, resize_image, resized_size
+from drx.data.images import ResizeConfig, inspect_image, prepared_resize, resize_image, resized_size
 from drx.errors import DataError
 from drx.io import TMP_SUFFIX, atomic_write, atomic_write_text, file_lock
 
@@ -69,16 +69,20 @@ def _save_params(suffix: str) -> tuple[str, dict[str, Any]]:
 
 def _prepare_one(src: str, dst: Path, resize: ResizeConfig | None) -> str:
     """Write the prepared copy of image `src` to `dst` (atomically: a file under its final name
-    is always complete); "written" when resized and re-encoded, "copied" when its bytes are kept."""
-    img = load_image(src)  # DataError names the file
-    target = resized_size(img.width, img.height, resize)
-    # Never upscale in `shorter` mode: the copy exists to be smaller.
-    shrink = resize is not None and (resize.mode == "exact" or min(img.width, img.height) > int(resize.size))  # type: ignore[arg-type]
-    if not shrink or target == (img.width, img.height):
+    is always complete); "written" when resized and re-encoded, "copied" when its bytes are kept.
+
+    DataError naming `src` when it is unreadable or decodes but is probably damaged
+    (:func:`drx.data.images.damage_signs`): damage is never baked into a clean-looking copy."""
+    img, signs = inspect_image(src)  # DataError names the file
+    if signs:
+        raise DataError(f"{src}: probably damaged although it decodes: {'; '.join(signs)}")
+    # Never upscale in `shorter` mode: the copy exists to be smaller (one rule, shared with predict).
+    step = prepared_resize(img.width, img.height, resize)
+    if step is None or resized_size(img.width, img.height, step) == (img.width, img.height):
         atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
         return "copied"
     fmt, params = _save_params(dst.suffix)
-    atomic_write(dst, lambda tmp: resize_image(img, resize).save(tmp, format=fmt, **params))
+    atomic_write(dst, lambda tmp: resize_image(img, step).save(tmp, format=fmt, **params))
     return "written"
 
 
@@ -110,8 +114,9 @@ def prepare_benchmark(
     reference code (takes precedence); neither: images copied unchanged. Label files are copied
     verbatim, images keep their relative names (JPEG re-encoded at quality 95, 4:4:4). Reruns
     skip finished files; every file is written to a temporary name and renamed, so an
-    interrupted run leaves no half-written image. Bad (missing/unreadable) images fail the run,
-    naming each one, unless `skip_bad`, which lists them in ``drx-excluded.csv`` instead.
+    interrupted run leaves no half-written image. Bad images (missing, unreadable, or decoding but
+    probably damaged: :func:`drx.data.images.damage_signs`) fail the run, naming each one, unless
+    `skip_bad`, which lists them with the reason in ``drx-excluded.csv`` instead.
     """
     adapter = get_adapter(benchmark)
     opts = adapter.resolve_options(options)
@@ -162,7 +167,9 @@ def prepare_benchmark(
             rel = os.path.relpath(lf, rootp)
             if rel.startswith(".."):
                 rel = lf.name
-                report.notes.append(f"note        the label file {lf} lies outside the root; copied as {out / rel} (set option file={rel})")
+                option = {"csv": "file", "koniq": "sets_file"}.get(adapter.name)
+                report.notes.append(f"note        the label file {lf} lies outside the root; copied as {out / rel}"
+                                    + (f" (set option {option}={rel} when using the copy)" if option else ""))
             atomic_write(out / rel, lambda tmp: shutil.copyfile(lf, tmp))
         jobs = []
         for (iid, src), rel in zip(zip(frame["image_id"], frame["path"]), rel_paths):
@@ -192,7 +199,7 @@ def prepare_benchmark(
         if bad and not skip_bad:
             items = [f"{i} ({p}: {r})" for i, p, r in bad]
             raise DataError(
-                f"{len(bad)} image(s) of {rootp} are missing or unreadable: " + "; ".join(items)
+                f"{len(bad)} image(s) of {rootp} are missing, unreadable or probably damaged: " + "; ".join(items)
                 + f". Fix or replace them, or pass --skip-bad to exclude them (listed in {out / EXCLUDED_FILE}); "
                 "the images already written are kept and a rerun continues from there"
             )
