@@ -535,7 +535,7 @@ def test_a_restore_ray_cannot_do_stops_before_anything_runs_and_names_the_file_a
     def make(run_name: str) -> tune.Tuner:
         return tune.Tuner(trainable, param_space={"i": tune.grid_search([0, 1])}, run_config=_run_config(run_name, str(tmp_path), 0, []))
 
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         _fit(make("trials"))
         run = tmp_path / "trials"

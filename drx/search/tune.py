@@ -211,13 +211,18 @@ class ProgressPrinter(tune.Callback):
         if sys.stderr.isatty():
             self.bar = tqdm(total=total, desc="trials", file=sys.stderr)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the callbacks into tuner.pkl. Where lines go is this process's business, and
+        # ray.init(log_to_driver=True) replaces builtins.print, after which print cannot be pickled.
+        return {**self.__dict__, "say": None, "bar": None}
+
     def _line(self, trial, text: str) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.write(text)
         else:
-            self.say(f"[{self.done}/{self.total}, {time.perf_counter() - self.t0:.0f} s] {text}")
+            (self.say or print)(f"[{self.done}/{self.total}, {time.perf_counter() - self.t0:.0f} s] {text}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
