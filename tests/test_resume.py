@@ -28,15 +28,8 @@ from drx.experiment import (
     read_trial_status,
 )
 
-# Trials of a few optimiser steps: the machinery is under test, not the learning.
-FAST = {
-    "train.epochs": 2,
-    "train.steps_per_epoch": 3,
-    "train.batch_size": 8,
-    "train.eval_batch_size": 144,
-    "data.test_crops": 1,
-    "train.warmup_epochs": 0,
-}
+from test_search import FAST  # trials of a few optimiser steps, as the grid tests use
+
 SPACE = {"train.lr": {"type": "loguniform", "low": 1.0e-4, "high": 3.0e-3}}
 
 
