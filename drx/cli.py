@@ -1,4 +1,4 @@
-"""The ``drx`` command: data | train | predict | bench | ablate | tune | report | demo.
+"""The ``drx`` command: data | train | predict | import | bench | ablate | tune | report | demo.
 
 Each command family registers its own sub-commands (``register(subparsers)``) so this file stays a
 thin dispatcher. Only the family of the command being run is imported (``drx report`` never loads
@@ -20,6 +20,7 @@ COMMANDS = {
     "data": "drx.data.commands",
     "train": "drx.train.commands",
     "predict": "drx.train.commands",
+    "import": "drx.train.commands",
     "bench": "drx.bench",
     "ablate": "drx.search.commands",
     "tune": "drx.search.commands",

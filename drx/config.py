@@ -273,16 +273,74 @@ class ResourcesConfig(StrictModel):
     gpu: float = Field(0.0, ge=0.0)
 
 
+# -------------------------------------------------------------------------------------- tracking
+
+#: The experiment trackers drx logs to; each is installed by the drx extra of the same name
+#: (``pip install 'drx[mlflow]'``).
+TRACKERS = ("mlflow", "tensorboard", "wandb")
+
+
+class TrackingConfig(StrictModel):
+    """Where trials are followed live (docs/training.md, "Experiment trackers"): every trial's
+    resolved config, per-epoch metrics and final result. It says where a trial is watched, not what
+    it computes: an experiment's fingerprint and the logged parameters leave it out
+    (:func:`without_tracking`)."""
+
+    backends: list[Literal["mlflow", "tensorboard", "wandb"]] = Field(default_factory=list)
+    # MLflow tracking URI: http://host:5000 (an `mlflow server`), sqlite:///mlflow.db, ... None: MLflow's
+    # own default (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder).
+    mlflow_uri: str | None = None
+    # W&B project. None: WANDB_PROJECT, else "drx". (Entity, mode, folder: W&B's own WANDB_* variables.)
+    wandb_project: str | None = None
+    # The group every trial of one study joins: MLflow experiment, W&B group, TensorBoard folder.
+    # None: the study's name (drx ablate/tune; --name), or the first part of `name` (drx train).
+    group: str | None = None
+    # TensorBoard event files go to <tensorboard_dir>/<group>/<trial>/. None: <storage>/tensorboard
+    # (drx ablate/tune) or tensorboard/ beside the --out folder (drx train).
+    tensorboard_dir: str | None = None
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _one_or_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `--set tracking.backends=mlflow`
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, backends: list[str]) -> list[str]:
+        if len(set(backends)) != len(backends):
+            raise ValueError(f"backends must not repeat, got {backends}")
+        return backends
+
+    @field_validator("mlflow_uri", "wandb_project", "group", "tensorboard_dir")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a non-empty string or null (the default)")
+        return value
+
+
 class ExperimentConfig(StrictModel):
     name: str = "drx"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved config as plain YAML/JSON-able data."""
         return self.model_dump(mode="json")
+
+
+#: Sections of a config that say where a trial is followed, not what it computes.
+NOT_COMPUTED = ("tracking",)
+
+
+def without_tracking(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (``ExperimentConfig.to_dict()``) without the sections that do not change
+    what the trial computes (:data:`NOT_COMPUTED`): what an experiment's fingerprint hashes and what
+    a tracker logs as parameters, so turning a tracker on never makes a trial look different."""
+    return {k: v for k, v in config.items() if k not in NOT_COMPUTED}
 
 
 # ------------------------------------------------------------------------------- loading, merging

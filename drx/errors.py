@@ -15,3 +15,8 @@ class DataError(DrxError, ValueError):
 
 class CheckpointError(DrxError, ValueError):
     """A weight or checkpoint file that cannot be used: names the path and the keys at fault."""
+
+
+class TrackingError(DrxError):
+    """An experiment tracker (MLflow, TensorBoard, W&B) that is not installed or cannot be reached:
+    names the backend, where it was asked to log, and the fix (the drx extra to install)."""

@@ -32,6 +32,7 @@ import math
 import os
 import pickletools
 import platform
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -390,6 +391,30 @@ def journal_file(url: str) -> Path | None:
     return Path(url[len(JOURNAL_PREFIX) :]) if url.startswith(JOURNAL_PREFIX) else None
 
 
+def read_only_sqlite_url(db: Path) -> str:
+    """The URL that opens the SQLite study `db` read-only (``mode=ro``): a stray write fails instead
+    of taking the lock the search's writes wait for."""
+    return f"sqlite:///file:{db.resolve()}?mode=ro&uri=true"
+
+
+def dashboard_command(url: str) -> str:
+    """The shell command that opens optuna-dashboard (an optional package) on the study storage `url`
+    (as :func:`study_url` gives it), safe while the search runs.
+
+    SQLite: through :func:`read_only_sqlite_url` (optuna-dashboard has no read-only switch; this
+    URL is one: the dashboard's buttons that write fail, and its reads never lock the search out).
+    A journal file (``journal:PATH``): the file, with optuna-dashboard's ``--storage-class
+    JournalFileStorage`` (a reader takes no lock). Any other URL (PostgreSQL, MySQL) as it is:
+    a read-only database user makes it safe."""
+    log = journal_file(url)
+    if log is not None:
+        args = ["--storage-class", "JournalFileStorage", str(log.expanduser().resolve())]
+    else:
+        db = sqlite_file(url)
+        args = [read_only_sqlite_url(db)] if db is not None else [url]
+    return shlex.join(["optuna-dashboard", *args])
+
+
 def sqlite_wal_possible(db: Path) -> bool:
     """Whether SQLite's WAL mode can be used for `db`: not on a network file system (NFS, Lustre,
     ...), where the shared memory WAL needs between processes does not exist."""
@@ -503,7 +528,7 @@ def open_study_storage(url: str, read_only: bool = False, rdb_class: Any = None,
     if read_only:
         if not db.is_file():
             raise DataError(f"{db}: no such Optuna database")
-        return rdb(f"sqlite:///file:{db.resolve()}?mode=ro&uri=true", engine_kwargs=engine_kwargs, skip_table_creation=True)
+        return rdb(read_only_sqlite_url(db), engine_kwargs=engine_kwargs, skip_table_creation=True)
     db.parent.mkdir(parents=True, exist_ok=True)
     storage = rdb(url, engine_kwargs=engine_kwargs)  # creates the file and its tables
     note = _set_sqlite_journal_mode(db)

@@ -65,7 +65,9 @@ def test_the_damage_signs_and_no_false_alarm_on_genuine_images(tmp_path):
     _photo().save(clean, "JPEG", quality=90)
     assert inspect_image(clean)[1] == []
     # Flat regions of genuine images (heavy JPEG compression, haze, clipped skies) are no sign.
-    for png in sorted((ensure_embedded() / "images").glob("*-jpeg-compressed-4.png"))[:6] + sorted((ensure_embedded() / "images").glob("*-hazy-4.png"))[:3]:
+    # All 84 scenes at the strongest JPEG and haze: a grey sky at JPEG quality 3 (opencv-boat) once
+    # passed for the decoder's fill.
+    for png in sorted((ensure_embedded() / "images").glob("*-jpeg-compressed-4.png")) + sorted((ensure_embedded() / "images").glob("*-hazy-4.png")):
         assert inspect_image(png)[1] == [], png.name
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-import time
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,15 +15,17 @@ from drx.data import embedded as E
 from drx.data.benchmarks import load_manifest
 from drx.data.splits import persisted_splits
 from drx.errors import DataError
+from drx.paths import cache_dir
+
+
+N_IMAGES = 84 * 9 * 4
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """One full build (648 images) shared by the tests of this module."""
-    cache = tmp_path_factory.mktemp("embedded-cache")
-    start = time.perf_counter()
-    root = E.build_embedded(cache / E.DIRNAME)
-    return cache, root, time.perf_counter() - start
+def built():
+    """The session cache's full build (3,024 images), shared with every test that trains on it."""
+    root = E.build_embedded()
+    return cache_dir(), root
 
 
 @pytest.fixture
@@ -36,20 +38,20 @@ def _sha(path):
 
 
 def test_build_layout_and_readme(built, labels):
-    _, root, seconds = built
-    assert seconds < 60, f"embedded build took {seconds:.1f} s"
+    _, root = built
+    assert root.name == "embedded-v2"
     assert list(labels.columns) == ["image_id", "path", "mos", "group", "family", "level"]
-    assert len(labels) == E.expected_count() == 18 * 9 * 4
+    assert len(labels) == E.expected_count() == N_IMAGES
     assert set(labels["group"]) == set(E.SCENES) and list(dict.fromkeys(labels["family"])) == list(E.FAMILIES)
-    assert labels["image_id"].iloc[0] == "astronaut-motion-blurry-1"
+    assert labels["image_id"].iloc[0] == f"{E.SCENES[0]}-motion-blurry-1"
     assert all((root / p).is_file() for p in labels["path"])
     readme = (root / "README.txt").read_text()
     assert "NOT HUMAN OPINION SCORES" in readme and "100 x SSIM" in readme
 
 
 def test_rebuild_gives_identical_bytes(built, tmp_path):
-    _, root, _ = built
-    again = E.build_embedded(tmp_path / "again", workers=1, scenes=("chelsea", "text"))
+    _, root = built
+    again = E.build_embedded(tmp_path / "again", workers=1, scenes=("skimage-chelsea", "opencv-hen"))
     files = sorted((again / "images").iterdir())
     assert len(files) == 2 * 9 * 4
     for f in files:
@@ -59,7 +61,7 @@ def test_rebuild_gives_identical_bytes(built, tmp_path):
     assert (mine == full.loc[mine.index]).all()
     # A second call finds the complete build and does nothing.
     stamp = (again / "labels.csv").stat().st_mtime_ns
-    E.build_embedded(tmp_path / "again", workers=1, scenes=("chelsea", "text"))
+    E.build_embedded(tmp_path / "again", workers=1, scenes=("skimage-chelsea", "opencv-hen"))
     assert (again / "labels.csv").stat().st_mtime_ns == stamp
 
 
@@ -75,24 +77,40 @@ def test_labels_are_monotone_untied_and_spread(labels):
 
 
 def test_adapter_builds_on_first_use_and_groups_split(built, monkeypatch):
-    cache, root, _ = built
+    cache, root = built
     monkeypatch.setenv("DRX_CACHE", str(cache))
     m = load_manifest("embedded", None)
-    assert len(m) == 648 and m.attrs["root"] == str(root) and m.attrs["mos_range"] == (0.0, 100.0)
+    assert len(m) == N_IMAGES and m.attrs["root"] == str(root) and m.attrs["mos_range"] == (0.0, 100.0)
     assert {"group", "family", "level"} <= set(m.columns)
-    s = persisted_splits(m, seed=0, n_splits=3)
+    s = persisted_splits(m, seed=0, n_splits=10, cache=cache / "test-splits")
     g = dict(zip(m["image_id"], m["group"]))
-    assert s.grouped and not {g[i] for i in s[0].train} & {g[i] for i in s[0].test}
+    for split in s.splits:
+        test_scenes = {g[i] for i in split.test}
+        assert not {g[i] for i in split.train} & test_scenes and 15 <= len(test_scenes) <= 19  # 80/20 by scene
+    assert json.loads(s.path.read_text())["embedded_version"] == 2
+
+
+def test_a_split_file_of_the_v1_benchmark_is_refused_with_the_reason(built, tmp_path, monkeypatch):
+    cache, _ = built
+    monkeypatch.setenv("DRX_CACHE", str(cache))
+    m = load_manifest("embedded", None)
+    v1 = {"format": "drx-splits-v1", "benchmark": "embedded", "seed": 0, "n_splits": 3, "train_fraction": 0.8, "grouped": True,
+          "fingerprint": "0" * 64, "n_images": 648, "splits": [{"index": 0, "train": ["astronaut-noisy-1"], "test": ["camera-noisy-1"]}]}
+    old = tmp_path / "embedded-v1-splits.json"
+    old.write_text(json.dumps(v1))
+    with pytest.raises(DataError, match=r"embedded-v1-splits\.json: a split file of the embedded benchmark v1, but this drx builds v2 "
+                                        r"\(other scenes and image ids.*not comparable.*delete the file, or give data\.split\.file"):
+        persisted_splits(m, seed=0, n_splits=3, path=old)
 
 
 def test_data_check_embedded_passes(built, monkeypatch, capsys):
-    cache, _, _ = built
+    cache, _ = built
     monkeypatch.setenv("DRX_CACHE", str(cache))
     rc = main(["data", "check", "embedded", "--workers", "2"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "648 scored (the full benchmark has 648); 648 readable" in out and "result      usable" in out
-    assert "warnings" not in out and "unexpected" not in out
+    assert f"{N_IMAGES} scored (the full benchmark has {N_IMAGES}); {N_IMAGES} readable" in out and "result      usable" in out
+    assert "warnings" not in out and "unexpected" not in out and "probably damaged" not in out
 
 
 def test_families_api():
@@ -124,9 +142,11 @@ def test_families_reject_bad_input():
         fam.apply(np.zeros((64, 64), np.float32), 1, rng)
 
 
-def test_pristine_scenes():
-    assert len(E.SCENES) == 18 and "motorcycle_left" in E.SCENES
-    for scene in ("page", "retina", "rocket"):
+def test_pristine_scenes(built):
+    assert len(E.SCENES) == 84 and "skimage-motorcycle" in E.SCENES
+    for gone in ("page", "text", "retina", "hubble_deep_field", "cell", "immunohistochemistry", "moon", "opencv-newspaper"):
+        assert gone not in E.SCENES and f"skimage-{gone}" not in E.SCENES  # no page scans, micrographs or astronomy
+    for scene in ("skimage-rocket", "opencv-hen", "piexif-large"):
         img = E.pristine(scene)
         assert img.dtype == np.uint8 and img.shape[2] == 3
         assert min(img.shape[:2]) == 256 and max(img.shape[:2]) <= 384
@@ -149,9 +169,9 @@ def test_build_self_check_rejects_ties_and_non_monotone_labels():
 
 
 def test_build_embedded_command_reuses_a_complete_build(built, capsys):
-    _, root, _ = built
+    _, root = built
     stamp = (root / "labels.csv").stat().st_mtime_ns
     assert main(["data", "build-embedded", "--out", str(root)]) == 0
     out = capsys.readouterr().out
-    assert f"648 images in {root}" in out and "not human opinion scores" in out
+    assert f"{N_IMAGES} images in {root}" in out and "not human opinion scores" in out
     assert (root / "labels.csv").stat().st_mtime_ns == stamp

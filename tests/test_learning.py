@@ -16,7 +16,7 @@ from drx.train.trainer import build_trial_data, run_trial
 
 @pytest.mark.slow
 def test_tiny_preset_learns_from_near_zero():
-    cfg = load_config("tiny", ["data.split.index=2"])
+    cfg = load_config("tiny", ["data.split.index=0"])
     torch.manual_seed(cfg.train.seed)
     data = build_trial_data(cfg)
 
@@ -24,13 +24,15 @@ def test_tiny_preset_learns_from_near_zero():
         scores = score_images(model, data.test, cfg, batch_size=144)
         return stats.spearmanr(scores.score, scores.mos).statistic
 
-    random_weights = test_srcc(build_model(resolve(load_config("tiny", ["data.split.index=2", "model.backbone.pretrained=null"]).model)))
+    random_weights = test_srcc(build_model(resolve(load_config("tiny", ["data.split.index=0", "model.backbone.pretrained=null"]).model)))
     assert abs(random_weights) < 0.3 or np.isnan(random_weights)
-    # The pretrained encoder under untrained heads already ranks a little (measured 0.14): a random
-    # readout of features that know distortions. Fine-tuning on the split must add a lot to it.
+    # The pretrained encoder under untrained heads already ranks (measured -0.46 on split 0 of
+    # embedded v2; the sign of a random readout is arbitrary): features that know distortions.
+    # Fine-tuning on the split must take it well past that, to a positive figure.
     before = test_srcc(build_model(resolve(cfg.model)))
     result = run_trial(cfg, progress=False)
     assert result.status == "ok"
-    # Measured 0.72 on this machine (docs/performance.md); the margin absorbs thread-count rounding.
-    assert result.final["test_srcc"] >= 0.65
-    assert result.final["test_srcc"] > before + 0.3
+    # The clean protocol's figure: test SRCC at the epoch selected on validation. Measured 0.659 on
+    # split 0 of embedded v2 (docs/performance.md); the margin absorbs thread-count rounding.
+    assert result.best["test_srcc"] >= 0.60
+    assert result.best["test_srcc"] > before + 0.3

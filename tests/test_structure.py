@@ -82,7 +82,7 @@ def test_a_non_editable_install_runs_the_packaged_demo_study_from_an_empty_folde
     (wheel,) = wheels.glob("drx-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for member in ("drx/studies/ablations/demo.yaml", "drx/studies/search_spaces/koniq.yaml", "drx/presets/tiny.yaml",
-                   "drx/report/templates/table.md.j2", "drx/report/templates/report.css", "drx/builtin/pretrain_photos.tsv"):
+                   "drx/report/templates/table.md.j2", "drx/report/templates/report.css", "drx/data/photos.tsv", "drx/data/archives.tsv"):
         assert member in names, member
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
@@ -97,4 +97,4 @@ def test_a_non_editable_install_runs_the_packaged_demo_study_from_an_empty_folde
     assert helped.returncode == 0 and "packaged 'demo' study" in " ".join(helped.stdout.split())  # argparse wraps lines
     dry = subprocess.run([sys.executable, "-m", "drx.cli", "ablate", "demo", "--dry-run"], cwd=empty, env=env, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
-    assert "ablation demo: 10 variants x 1 benchmarks x 3 splits = 30 trials; baseline row: full" in dry.stdout
+    assert "ablation demo: 4 variants x 1 benchmarks x 10 splits = 40 trials; baseline row: full" in dry.stdout

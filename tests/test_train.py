@@ -252,7 +252,7 @@ def test_predict_scores_a_folder_with_expert_weights_and_reports_bad_images(tmp_
     root = ensure_embedded()
     images = tmp_path / "images"
     images.mkdir()
-    for name in ("astronaut-noisy-1.png", "astronaut-noisy-4.png", "coffee-hazy-2.png"):
+    for name in ("skimage-astronaut-noisy-1.png", "skimage-astronaut-noisy-4.png", "skimage-chelsea-hazy-2.png"):
         (images / name).write_bytes((root / "images" / name).read_bytes())
     (images / "broken.png").write_bytes(b"\x89PNG not really")
     Image.new("RGB", (20, 20)).save(images / "tiny.png")
@@ -261,7 +261,7 @@ def test_predict_scores_a_folder_with_expert_weights_and_reports_bad_images(tmp_
     assert rc == 1
     data = json.loads(captured.out)
     scored = {Path(p["image"]).name: p for p in data["predictions"]}
-    assert set(scored) == {"astronaut-noisy-1.png", "astronaut-noisy-4.png", "coffee-hazy-2.png"}
+    assert set(scored) == {"skimage-astronaut-noisy-1.png", "skimage-astronaut-noisy-4.png", "skimage-chelsea-hazy-2.png"}
     prompts = load_config("tiny").model.prior.prompts
     for p in scored.values():
         assert math.isfinite(p["score"]) and list(p["expert_weights"]) == prompts
@@ -269,14 +269,14 @@ def test_predict_scores_a_folder_with_expert_weights_and_reports_bad_images(tmp_
     assert bad == {"broken.png", "tiny.png"}
     assert "broken.png" in captured.err and "smaller than the 64x64 crop" in captured.err
     # Table output names the experts behind each score; the same scores come out every time.
-    rc = drx_main(["predict", str(out), str(images / "coffee-hazy-2.png")])
+    rc = drx_main(["predict", str(out), str(images / "skimage-chelsea-hazy-2.png")])
     table = capsys.readouterr().out
-    assert rc == 0 and "top experts" in table and "coffee-hazy-2.png" in table
+    assert rc == 0 and "top experts" in table and "skimage-chelsea-hazy-2.png" in table
     # The same score as in the folder run, to the table's 3 decimals (a batch of 1 instead of 3 may
     # move the last float bits, so the rounded text can differ by one unit).
-    row = next(line for line in table.splitlines() if "coffee-hazy-2.png" in line).split()
-    shown_score = float(row[row.index(next(t for t in row if t.endswith("coffee-hazy-2.png"))) + 1])
-    assert abs(shown_score - scored["coffee-hazy-2.png"]["score"]) <= 1.5e-3
+    row = next(line for line in table.splitlines() if "skimage-chelsea-hazy-2.png" in line).split()
+    shown_score = float(row[row.index(next(t for t in row if t.endswith("skimage-chelsea-hazy-2.png"))) + 1])
+    assert abs(shown_score - scored["skimage-chelsea-hazy-2.png"]["score"]) <= 1.5e-3
 
 
 def test_predict_does_not_need_the_pretrained_encoder_file(tmp_path):

@@ -2,9 +2,9 @@
 
 The real DR.Experts fine-tunes a DeiT-III that has seen ImageNet; the tiny preset's encoder would
 otherwise start from random weights and meet only the 13-14 scenes of one embedded training split,
-which it memorises (docs/performance.md: train SRCC 0.82, test 0.41 on split 0). So drx pretrains
-it once on other real photographs (drx/builtin/photos.py: 108 photographs from files on PyPI, none in
-the embedded benchmark), each distorted by the benchmark's public distortion families at every level:
+which it memorises (docs/performance.md). So drx pretrains it once on other real photographs
+(drx/data/photos.py: the 30 photographs of photos.tsv whose use is ``pretrain``, never a benchmark
+scene, disjoint by content: tests/test_photos.py), each distorted by the benchmark's public distortion families at every level:
 the encoder plus a linear head regress the mean SSIM of each 64-px crop against the same crop of the
 undistorted photograph (full-reference pseudo-labels, as synthetic pretraining in BIQA does). The
 head is discarded; the encoder is saved in the official DeiT-III key layout and loaded through the
@@ -21,14 +21,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import stats
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from drx.builtin.common import builtin_name, builtin_path, ensure_built, fit_one_cycle, map_on_cores, tiny_model_config
-from drx.builtin.photos import load_photos
 from drx.config import BackboneConfig
-from drx.data.embedded import FAMILIES, LEVELS, ssim_with_map
+from drx.data.embedded import FAMILIES, LEVELS, fit_to_scale, ssim_with_map
+from drx.data.photos import ensure_photos, load_photo, photos_for
 from drx.errors import ConfigError
 from drx.io import atomic_write, atomic_write_text
 from drx.model.backbone import ImageEncoder
@@ -36,7 +37,7 @@ from drx.model.weights import deit3_official_state_dict
 from drx.paths import build_progress
 
 TINY_DEIT3 = "tiny-deit3"
-VERSION = 2
+VERSION = 3  # 3: pretrained on the 30 photographs kept out of embedded benchmark v2
 
 # The architecture (DeiT-III blocks at width 128, depth 4, 8-px patches on 64-px crops) is the
 # tiny preset's model.backbone and model.img_size: drx/presets/tiny.yaml is its one definition.
@@ -82,6 +83,14 @@ def _one_sample(args: tuple[np.ndarray, str, int, int]) -> tuple[np.ndarray, np.
     return distorted, ssim_with_map(distorted, reference)[1].astype(np.float16)
 
 
+def pretraining_photos(log: Callable[[str], None] = build_progress) -> dict[str, np.ndarray]:
+    """The photographs whose use is ``pretrain`` (drx/data/photos.tsv), at the embedded benchmark's
+    scale: name -> uint8 HxWx3 (shorter side 256 px)."""
+    chosen = photos_for("pretrain")
+    ensure_photos(chosen, log=log)
+    return {p.name: fit_to_scale(Image.fromarray(load_photo(p), "RGB")) for p in chosen}
+
+
 def pretraining_set(photos: dict[str, np.ndarray], draws: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every photograph x family x `draws` -> [(distorted, SSIM map)], each seeded by its position
     (deterministic), generated on every core. Levels cycle 1..L over the draws, starting one level
@@ -120,14 +129,14 @@ def build_tiny_encoder(
 ) -> dict[str, Any]:
     """Pretrain the tiny encoder and save it (official DeiT-III layout) to `path`; returns its record.
 
-    `photos` (name -> uint8 HxWx3) defaults to drx/builtin/photos.py's set (fetched on first use).
+    `photos` (name -> uint8 HxWx3) defaults to :func:`pretraining_photos` (fetched on first use).
     The architecture is the tiny preset's (model.backbone name and kwargs, model.img_size).
     """
     tiny = tiny_model_config()
     img_size = tiny.img_size
     t0 = time.perf_counter()
     log(f"pretraining the tiny image encoder (once; cached at {path}) ...")
-    photos = photos if photos is not None else load_photos(log)
+    photos = photos if photos is not None else pretraining_photos(log)
     samples = pretraining_set(photos, draws, SEED)
     # Fresh distortion draws of the same photographs, one per (photograph, family): how well the
     # regression fits.

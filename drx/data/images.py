@@ -44,21 +44,26 @@ class ResizeConfig(StrictModel):
         return self
 
 
+def _to_rgb(im: Image.Image) -> tuple[Image.Image, tuple[float, float, float] | None]:
+    """(RGB copy of a decoded image, (min, max, nominal max) of the raw values of a high-bit-depth image or None)."""
+    if im.mode == "RGB":
+        return im.copy(), None
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float greyscale: scale to 8 bits instead of clipping at 255.
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        raw = (float(arr.min()), float(arr.max()), hi) if arr.size else None
+        arr = np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(arr[:, :, None], 3, axis=2), "RGB"), raw
+    return im.convert("RGB"), None
+
+
 def _decode(path: Path) -> tuple[Image.Image, tuple[float, float, float] | None]:
     """(RGB image, (min, max, nominal max) of the raw values of a high-bit-depth image or None)."""
     try:
         with Image.open(path) as im:
             im.load()  # force the full decode now, so truncation is found here and not later
-            if im.mode == "RGB":
-                return im.copy(), None
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                # 16-bit / float greyscale: scale to 8 bits instead of clipping at 255.
-                arr = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                raw = (float(arr.min()), float(arr.max()), hi) if arr.size else None
-                arr = np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
-                return Image.fromarray(np.repeat(arr[:, :, None], 3, axis=2), "RGB"), raw
-            return im.convert("RGB"), None
+            return _to_rgb(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except IsADirectoryError:
@@ -76,6 +81,12 @@ def load_image(path: str | Path) -> Image.Image:
     Raises DataError naming the path when the file is missing, not an image, or truncated.
     """
     return _decode(Path(path))[0]
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """An in-memory PIL image as :func:`load_image` returns a decoded file: an RGB copy, 16-bit and
+    float greyscale scaled to 8 bits (not clipped)."""
+    return _to_rgb(image)[0]
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -110,17 +121,6 @@ DEPTH_FRACTION = 1 / 16
 _FLAT_PX_PER_ZERO_BIT = 2
 
 
-def _longest_run(flags: np.ndarray) -> tuple[int, int]:
-    """(length, start) of the longest run of True in a 1-D boolean array ((0, 0) when none)."""
-    if not flags.any():
-        return 0, 0
-    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    starts, ends = edges[::2], edges[1::2]
-    k = int(np.argmax(ends - starts))
-    return int(ends[k] - starts[k]), int(starts[k])
-
-
 def _jpeg_zero_run(data: bytes) -> tuple[int, int]:
     """(length, offset) of the longest run of zero bytes after a JPEG's first start-of-scan marker."""
     sos = data.find(b"\xff\xda")
@@ -139,7 +139,7 @@ def damage_signs(img: Image.Image, raw: tuple[float, float, float] | None = None
     file's bytes when it is a JPEG. Looked for:
 
     * a band of full-width rows at the JPEG decoder's grey fill (every pixel 128±1, at least
-      :data:`GREY_FILL_ROWS` rows): compressed data that could not be decoded;
+      :data:`GREY_FILL_ROWS` rows) that runs to the last row: compressed data that stops early;
     * a run of at least :data:`ZERO_RUN_BYTES` zero bytes in a JPEG's compressed data that the
       image's flat areas cannot explain: a zero-filled hole (decoded as grey or as garbage);
     * a near-constant image: its values (0.5th-99.5th percentile) span at most
@@ -156,7 +156,11 @@ def damage_signs(img: Image.Image, raw: tuple[float, float, float] | None = None
         return ["the image has no pixels"]
     signs: list[str] = []
     grey_rows = (arr.min(axis=(1, 2)) >= 127) & (arr.max(axis=(1, 2)) <= 129)
-    run, start = _longest_run(grey_rows)
+    # The decoder fills from where the data stops to the last row; a grey band inside the picture is
+    # what heavy compression makes of a grey sky (embedded v2: opencv-boat at JPEG quality 3).
+    not_grey = np.flatnonzero(~grey_rows)
+    run = h - (int(not_grey[-1]) + 1 if not_grey.size else 0)  # grey rows at the bottom
+    start = h - run
     if run >= min(GREY_FILL_ROWS, h):
         signs.append(f"rows {start}-{start + run - 1} ({100 * run / h:.0f}% of the height) are the JPEG decoder's uniform grey fill: "
                      "part of the compressed data is zeroed or missing")

@@ -8,12 +8,14 @@ or on where a resumed run restarts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from drx.data.images import ResizeConfig, check_fits, load_image, prepared_resize, resize_image
@@ -34,11 +36,18 @@ def _manifest_columns(manifest: pd.DataFrame) -> tuple[list[str], list[str], np.
 
 
 class _ImageSource:
-    """Decodes (and optionally keeps) the resized uint8 images of a manifest."""
+    """Decodes (and optionally keeps) the resized uint8 images of a manifest.
+
+    ``images`` (optional, one entry per manifest row): an RGB PIL image already in memory, used in
+    place of decoding the row's path (None: decode the path), then resized like a decoded file.
+    """
 
     def __init__(self, manifest: pd.DataFrame, resize: ResizeConfig | dict[str, Any] | None, cache_images: bool,
-                 prepared: ResizeConfig | dict[str, Any] | None = None):
+                 prepared: ResizeConfig | dict[str, Any] | None = None, images: Sequence[Image.Image | None] | None = None):
         self.ids, self.paths, self.mos = _manifest_columns(manifest)
+        if images is not None and len(images) != len(self.ids):
+            raise DataError(f"{len(images)} in-memory images for a manifest of {len(self.ids)} rows: give one entry (or None) per row")
+        self.images = images
         if isinstance(resize, dict):
             resize = ResizeConfig.model_validate(resize)
         if isinstance(prepared, dict):
@@ -58,14 +67,52 @@ class _ImageSource:
             arr = self._cache.get(index)
             if arr is not None:
                 return arr
-        img = load_image(self.paths[index])
+        given = self.images[index] if self.images is not None else None
+        key = None
+        if self.cache_images and given is None:
+            st = os.stat(self.paths[index])  # a file rewritten in place is decoded again
+            key = (self.paths[index], st.st_mtime_ns, st.st_size, repr(self.resize), repr(self.prepared))
+            arr = _PROCESS_CACHE.get(key)
+            if arr is not None:
+                self._cache[index] = arr
+                return arr
+        img = given if given is not None else load_image(self.paths[index])
         if self.prepared is not None:  # the prepared copy's resize first (shrink-only, as `prepare` did)
             img = resize_image(img, prepared_resize(img.width, img.height, self.prepared))
         img = resize_image(img, self.resize)
         arr = np.asarray(img, dtype=np.uint8)
         if self.cache_images:
             self._cache[index] = arr
+            if key is not None:
+                _PROCESS_CACHE.put(key, arr)
         return arr
+
+
+class _DecodedCache:
+    """Decoded images kept for the life of the process, across the datasets and trials it builds
+    (``data.cache_images``): trials run one after another in one process (``drx bench learn``, a
+    reused Ray worker, the tests) decode each file once. Bounded by ``DRX_IMAGE_CACHE_MB`` (default
+    2048 MB; 0 turns it off); when full, new images are simply not kept. Arrays are read-only, so a
+    trial cannot change another's pixels."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+        self._bytes = 0
+
+    def _limit(self) -> int:
+        return int(float(os.environ.get("DRX_IMAGE_CACHE_MB", "2048")) * 2**20)
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        return self._arrays.get(key)
+
+    def put(self, key: tuple, arr: np.ndarray) -> None:
+        if self._bytes + arr.nbytes <= self._limit():
+            arr.flags.writeable = False
+            self._arrays[key] = arr
+            self._bytes += arr.nbytes
+
+
+_PROCESS_CACHE = _DecodedCache()
 
 
 class TrainCrops(Dataset):
@@ -146,12 +193,14 @@ class EvalCrops(Dataset):
         seed: int = 0,
         cache_images: bool = False,
         prepared: ResizeConfig | dict[str, Any] | None = None,
+        images: Sequence[Image.Image | None] | None = None,
     ):
         # `prepared`: the resize a `drx data prepare` copy applied to the training images, repeated
         # (shrink-only) before `resize` for original-size images given to `drx predict`.
+        # `images`: in-memory RGB images scored in place of decoding the rows' paths (drx.load_scorer).
         if crop_size < 1 or crops_per_image < 1:
             raise DataError(f"crop_size and crops_per_image must be >= 1, got {crop_size} and {crops_per_image}")
-        self.source = _ImageSource(manifest, resize, cache_images, prepared)
+        self.source = _ImageSource(manifest, resize, cache_images, prepared, images)
         self.crop_size = int(crop_size)
         self.crops_per_image = int(crops_per_image)
         self.seed = int(seed)

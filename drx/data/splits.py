@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from drx.data.benchmarks.base import OFFICIAL_COLUMN, OFFICIAL_PARTS
+from drx.data.embedded import VERSION as EMBEDDED_VERSION
 from drx.data.transforms import rng_seed
 from drx.errors import DataError
 from drx.io import atomic_write_text
@@ -109,6 +110,8 @@ class SplitSet:
             "fingerprint": self.fingerprint,
             "n_images": len(self.splits[0].train) + len(self.splits[0].test) if self.splits else 0,
             "splits": [{"index": s.index, "train": list(s.train), "test": list(s.test)} for s in self.splits],
+            # The embedded benchmark's build version: a split of another version is refused by name.
+            **({"embedded_version": EMBEDDED_VERSION} if self.benchmark == "embedded" else {}),
         }
 
 
@@ -207,6 +210,20 @@ def _read_split_file(path: Path) -> dict:
     return data
 
 
+def _check_embedded_version(path: Path, data: dict) -> None:
+    """Refuse a split file of another build of the embedded benchmark (files without the key are v1's)."""
+    if data.get("benchmark") != "embedded":
+        return
+    version = data.get("embedded_version", 1)
+    if version != EMBEDDED_VERSION:
+        raise DataError(
+            f"{path}: a split file of the embedded benchmark v{version}, but this drx builds v{EMBEDDED_VERSION} "
+            f"(other scenes and image ids: v1 had 18 scikit-image scenes, v2 has 84 photographs from the package index). "
+            "Results on the two are not comparable, so its splits are not reused: delete the file, or give "
+            "data.split.file another path, and drx writes v2's splits"
+        )
+
+
 def _check_file(path: Path, data: dict, ids: set[str], seed: int, n_splits: int, train_fraction: float, grouped: bool) -> list[Split]:
     asked = {"seed": seed, "n_splits": n_splits, "train_fraction": train_fraction, "grouped": grouped}
     for key, want in asked.items():
@@ -277,6 +294,7 @@ def persisted_splits(
     grouped = groups is not None
     if path.exists():
         data = _read_split_file(path)
+        _check_embedded_version(path, data)
         splits = _check_file(path, data, ids, seed, n_splits, train_fraction, grouped)
         return SplitSet(str(data["benchmark"]), seed, n_splits, train_fraction, grouped, fingerprint, splits, path, groups)
     splits = make_splits(ids_list, seed, n_splits, train_fraction, groups)

@@ -7,6 +7,9 @@ All state-dict key mapping lives here:
   (timm's own ``checkpoint_filter_fn`` renames the layer scales and resamples ``pos_embed``).
 * DA-CLIP (``daclip_ViT-B-32.pt``: ``clip.*``, ``visual.*``, ``visual_control.*``, ``logit_scale``)
   and plain open_clip CLIP state dicts -> :class:`drx.model.prior.DistortionPrior`.
+* the authors' own trained model (``dascore_vit_models``: ``backbone.*``, ``head.*``, ``linears.N.*``,
+  ``diff_attention.*``, ``decoder.*``, ``score.*``, ...) -> the whole :class:`DRExperts`
+  (:func:`map_authors_keys`; reading their pickled checkpoint is ``drx.train.authors``).
 
 Loading is strict: missing or unexpected keys and shape mismatches raise :class:`CheckpointError`
 listing them. Keys that the official files hold but DR.Experts never runs are dropped by name
@@ -233,3 +236,80 @@ def deit3_official_state_dict(vit: nn.Module, num_classes: int = 1000) -> dict[s
     sd["head.weight"] = torch.zeros(num_classes, dim)
     sd["head.bias"] = torch.zeros(num_classes)
     return {"model": sd}
+
+
+# ------------------------------------------------------------------------- the authors' checkpoints
+
+#: The authors' ``dascore_vit_models`` (their models/deit.py and models/din.py) -> :class:`DRExperts`,
+#: prefix by prefix (docs/model.md has this table). Everything is a rename except: ``backbone.*``
+#: (official DeiT-III layout, through :func:`map_backbone_keys`), ``head.*`` (their DA-CLIP, in the
+#: official ``daclip_ViT-B-32.pt`` layout, through :func:`map_prior_keys`), ``linears.N.*`` (one
+#: Linear per expert, stacked into ``experts.weight [E,D,Dp]`` / ``experts.bias [E,D]``) and
+#: ``lamda_init`` ([1,D] -> [D]).
+AUTHORS_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("norm1.", "experts.norm."),
+    ("L_hidden.", "context.proj."),
+    ("norm_vit.", "dsdm.norm_image."),
+    ("norm3_hidden_feature.", "dsdm.norm_context."),
+    ("diff_attention.W_q1.", "dsdm.q1."),
+    ("diff_attention.W_k1.", "dsdm.k1."),
+    ("diff_attention.W_q2.", "dsdm.q2."),
+    ("diff_attention.W_k2.", "dsdm.k2."),
+    ("diff_attention.W_v.", "dsdm.v."),
+    ("diff_attention.alpha", "dsdm.alpha"),
+    ("attn_norm.", "dsdm.attn_norm."),
+    ("group_attn_ffn.", "dsdm.ffn."),
+    ("decoder.AttentionActivate.active_unit.fc.", "ddwm.mlp."),
+    ("score.", "head."),
+)
+#: Modules the authors' model builds but its forward never runs (reference-model.md A.1): dropped by name.
+AUTHORS_UNUSED_PREFIXES = ("L1.", "L2.", "backbone.head.")
+
+
+def is_authors_layout(sd: Mapping[str, Any]) -> bool:
+    """Whether a state dict has the authors' ``dascore_vit_models`` keys."""
+    return any(k.startswith("diff_attention.") for k in sd) and any(k.startswith("decoder.AttentionActivate.") for k in sd)
+
+
+def map_authors_keys(sd: Mapping[str, torch.Tensor], vit: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The authors' full model state dict -> (:class:`DRExperts` state dict, prior included as
+    ``prior.*``; the authors' keys dropped as unused, sorted).
+
+    `vit` is the drx model's timm ViT (``model.encoder.vit``), whose keys the backbone is mapped to.
+    Keys of no known prefix are kept as they are, so :func:`load_strict` reports them as unexpected.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unused = sorted(k for k in sd if k.startswith(AUTHORS_UNUSED_PREFIXES))
+    backbone = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.") and k not in unused}
+    if backbone:
+        out.update({f"encoder.vit.{k}": v for k, v in map_backbone_keys(backbone, vit).items()})
+    daclip = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
+    if daclip:
+        out.update({f"prior.{k}": v for k, v in map_prior_keys(daclip, "daclip").items()})
+    experts: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k in unused or k.startswith(("backbone.", "head.")):
+            continue
+        m = re.match(r"^linears\.(\d+)\.(weight|bias)$", k)
+        if m:
+            experts.setdefault(int(m.group(1)), {})[m.group(2)] = v
+            continue
+        if k == "lamda_init":
+            out["dsdm.lambda_"] = v.reshape(-1)
+            continue
+        for old, new in AUTHORS_PREFIXES:
+            if k.startswith(old):
+                out[new + k[len(old) :]] = v
+                break
+        else:
+            out[k] = v  # unknown: reported as unexpected by load_strict
+    if experts:
+        numbers = sorted(experts)
+        if numbers != list(range(len(numbers))) or any(set(experts[i]) != {"weight", "bias"} for i in numbers):
+            raise CheckpointError(
+                f"the authors' per-expert layers are incomplete: found linears.N weight/bias for N in {numbers}, "
+                f"expected linears.0 .. linears.{len(numbers) - 1}, each with a weight and a bias"
+            )
+        out["experts.weight"] = torch.stack([experts[i]["weight"] for i in numbers])
+        out["experts.bias"] = torch.stack([experts[i]["bias"] for i in numbers])
+    return out, unused

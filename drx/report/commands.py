@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from drx.experiment import Experiment, read_experiment, save_tidy
+from drx.experiment import Experiment, dashboard_command, read_experiment, save_tidy
 from drx.report.html import write_report
 from drx.report.protocol import protocol_note
 from drx.report.tables import AblationTable, build_ablation_table, to_markdown, write_table
@@ -79,6 +79,9 @@ def run_report(exp_dir: str | Path, out: str | Path | None = None, selection: st
             df = pd.read_csv(src)
             df.to_csv(confirm, index=False)
             say("\nconfirm stage (test metrics, median over splits):\n" + df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if exp.meta.get("optuna_storage"):
+            say(f"\nOptuna study {exp.meta.get('study_name')!r}: {exp.meta['optuna_storage']}\n"
+                f"explore it (read-only; pip install optuna-dashboard): {dashboard_command(exp.meta['optuna_storage'])}")
     if html:
         path = write_report(exp, out, tables=[t for _, t in tables], selection=selection)
         say(f"\nreport: {path}")

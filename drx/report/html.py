@@ -24,7 +24,7 @@ import plotly.offline
 import yaml
 
 from drx.data.benchmarks import benchmark_label
-from drx.experiment import Experiment, study_account
+from drx.experiment import Experiment, dashboard_command, study_account
 from drx.report import figures as F
 from drx.report.protocol import protocol_note
 from drx.report.render import static_text
@@ -343,7 +343,10 @@ def _provenance(exp: Experiment, colours: dict[str, str]) -> str:
             rows = [{"key": k, **{f: v.get(f) for f in ("type", "low", "high", "step", "log")},
                      "values": json.dumps(v.get("values")) if v.get("values") is not None else ""} for k, v in space.items()]
             out.append("<h3>Search space</h3>" + _frame_table(pd.DataFrame(rows), floats=6))
-        facts = [("objective", meta.get("objective")), ("Optuna study", meta.get("study_name")), ("Optuna storage", meta.get("optuna_storage")),
+        storage = meta.get("optuna_storage")
+        facts = [("objective", meta.get("objective")), ("Optuna study", meta.get("study_name")), ("Optuna storage", storage),
+                 ("explore it live (read-only)", _Raw(f"<code>pip install optuna-dashboard &amp;&amp; {esc(dashboard_command(storage))}</code>")
+                  if storage else None),
                  ("scheduler", json.dumps(spec.get("scheduler"))), ("budget", json.dumps(spec.get("budget"))),
                  ("confirm", json.dumps(spec.get("confirm"))), ("search seed", spec.get("seed"))]
         out.append("<h3>Search settings</h3>" + _kv_table(facts))

@@ -21,17 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from drx.builtin import resolve
-from drx.config import build_config
+from drx.config import build_config, without_tracking
 from drx.data.benchmarks import load_manifest
 from drx.data.embedded import ensure_embedded
 from drx.data.splits import persisted_splits
 from drx.errors import ConfigError, DataError
 from drx.experiment import (
-    ABLATE_RUN, CONFIRM_RUN, CONFIRM_TABLE, DRIVER_LOCK, META_NAME, SEARCH_RUN, SPLITS_DIR, confirm_summary, new_meta,
-    read_experiment, read_meta, write_meta, write_plan,
+    ABLATE_RUN, CONFIRM_RUN, CONFIRM_TABLE, DRIVER_LOCK, META_NAME, SEARCH_RUN, SPLITS_DIR, confirm_summary, dashboard_command,
+    new_meta, read_experiment, read_meta, study_url, write_meta, write_plan,
 )
 from drx.io import file_lock
 from drx.search.grid import describe_plan, load_ablation
+from drx.train.tracking import check_installed, track_overrides
 
 
 def _say(text: str) -> None:
@@ -98,7 +99,14 @@ def continue_command(args: argparse.Namespace, command: str) -> str:
             parts += [flag, str(value)]
     for item in args.set or []:
         parts += ["--set", item]
+    if getattr(args, "track", None):
+        parts += ["--track", args.track]
     return shlex.join(parts)
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The dotted overrides every trial gets: ``--set`` items, then ``--track`` (``tracking.backends``)."""
+    return [*(args.set or []), *track_overrides(args.track)]
 
 
 @contextmanager
@@ -130,11 +138,12 @@ def _load_meta_or_new(exp_dir: Path, kind: str, fingerprint: str, make_meta) -> 
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    plan = load_ablation(args.spec, args.set or [])
+    plan = load_ablation(args.spec, overrides_of(args))
     name = args.name or plan.spec.name
     if args.dry_run:
         print(describe_plan(plan))
         return 0
+    check_installed(build_config(plan.trials[0].config).tracking)  # before Ray starts
     storage = storage_of(args)
     if "://" in storage:
         raise ConfigError("drx ablate writes its split files and metadata beside the results: --storage must be a path "
@@ -199,7 +208,7 @@ def _ablate(args: argparse.Namespace, plan, name: str, storage: str, exp_dir: Pa
 def cmd_tune(args: argparse.Namespace) -> int:
     from drx.search.space import load_search  # Optuna: heavy, loaded for tune only
 
-    plan = load_search(args.spec, args.set or [])
+    plan = load_search(args.spec, overrides_of(args))
     spec = plan.spec
     name = args.name or spec.name
     if args.dry_run:
@@ -209,6 +218,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if spec.enqueue_base:
             print(f"  first trial (the base config): {plan.defaults}")
         return 0
+    check_installed(build_config(plan.base_config).tracking)  # before Ray starts
     storage = storage_of(args)
     if "://" in storage:
         raise ConfigError("drx tune keeps its split files and Optuna study beside the results: --storage must be a path "
@@ -230,7 +240,9 @@ def _tune(args: argparse.Namespace, plan, name: str, storage: str, exp_dir: Path
     job = {"benchmark": base.data.benchmark, "root": base.data.root, "options": base.data.options, "seed": base.data.split.seed,
            "n_splits": base.data.split.n_splits, "train_fraction": base.data.split.train_fraction, "needs_split": True}
     # Before the split path enters the config: a moved experiment still matches its spec.
-    fingerprint = hashlib.sha256(json.dumps([plan.base_config, spec.model_dump(mode="json")], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # (Without `tracking`: turning a tracker on resumes the same experiment.)
+    fingerprint = hashlib.sha256(json.dumps([without_tracking(plan.base_config), spec.model_dump(mode="json")], sort_keys=True,
+                                            default=str).encode()).hexdigest()[:16]
     files = make_split_files({base.data.benchmark: job}, exp_dir)
     plan.base_config["data"]["split"]["file"] = files[base.data.benchmark]
     meta = _load_meta_or_new(
@@ -252,6 +264,8 @@ def _tune(args: argparse.Namespace, plan, name: str, storage: str, exp_dir: Path
             gpu = spec.resources.gpu if spec.resources.gpu is not None else base.resources.gpu
             rt.check_resources([("search", cpu, gpu)], cluster)
             _say(f"search {name}: {spec.budget.num_samples} samples, objective {spec.objective}; results in {exp_dir}")
+            _say(f"watch the study while it runs (read-only, safe during the search; pip install optuna-dashboard):\n  "
+                 f"{dashboard_command(study_url(spec.storage, exp_dir))}")
             t_fit = time.time()
             outcome = rt.run_search(plan, storage, name, args.max_failures, args.resume)
             _say(outcome.account)
@@ -312,6 +326,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raised, from its last checkpoint (default 2)")
     p.add_argument("--resume", action="store_true", help="resume the experiment (rerunning the same command resumes too)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the trials without starting Ray")
+    p.add_argument("--track", metavar="BACKEND[,BACKEND]",
+                   help="log every trial to experiment trackers: mlflow, tensorboard, wandb (sets tracking.backends; docs/search.md)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from drx.config import apply_overrides, build_config, deep_merge, load_raw, resolve_source
+from drx.config import NOT_COMPUTED, apply_overrides, build_config, deep_merge, load_raw, resolve_source, without_tracking
 from drx.data.benchmarks import BENCHMARKS, REAL_BENCHMARKS
 from drx.errors import ConfigError
 from drx.schema import StrictModel, validation_message
@@ -176,8 +176,9 @@ class AblationPlan:
         return [b.key for b in self.spec.benchmarks]
 
     def fingerprint(self) -> str:
-        """Identifies what the grid computes: a rerun with another spec must not resume this one."""
-        text = json.dumps([(t.key, t.config) for t in self.trials], sort_keys=True, default=str)
+        """Identifies what the grid computes: a rerun with another spec must not resume this one (the
+        ``tracking`` section is left out: turning a tracker on resumes the same experiment)."""
+        text = json.dumps([(t.key, without_tracking(t.config)) for t in self.trials], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -293,6 +294,7 @@ def load_ablation(path_or_dict: str | Path | dict[str, Any], set_overrides: list
         for variant, overrides in spec.variants.items():
             if not isinstance(overrides, dict):
                 raise ConfigError(f"{origin}: variant {variant!r}: expected a mapping of dotted overrides, got {overrides!r}")
+            refuse_study_wide(overrides, f"{origin}: variant {variant!r}", "a variant")
             try:
                 vcfg = apply_overrides(common, overrides)
             except ConfigError as exc:
@@ -344,6 +346,15 @@ def load_ablation(path_or_dict: str | Path | dict[str, Any], set_overrides: list
             "test_options": c.data.test_options,
         }
     return AblationPlan(spec, source, trials, split_indices or [], fractions, split_jobs)
+
+
+def refuse_study_wide(keys: Any, where: str, what: str) -> None:
+    """Refuse keys of the config sections that are the study's, not a trial's (``tracking``: every
+    trial of a study logs to the same place), set per variant or searched."""
+    for key in keys:
+        if str(key).split(".", 1)[0] in NOT_COMPUTED:
+            raise ConfigError(f"{where}: {key!r} cannot be set by {what}: every trial of a study logs to the same trackers; "
+                              "set it in the base config, under `overrides`, or with --track / --set")
 
 
 def _trial_name(variant: str, bench: str, split: int, fraction: float, fractions: list[float]) -> str:

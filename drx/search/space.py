@@ -19,7 +19,9 @@ from pydantic import Field, ValidationError, model_validator
 from drx.config import apply_overrides, build_config, deep_merge, load_raw, resolve_source
 from drx.errors import ConfigError
 from drx.schema import StrictModel
-from drx.search.grid import REAL_BENCHMARKS, BenchmarkSpec, ResourceSpec, expand_env, find_study, read_spec_file, spec_error
+from drx.search.grid import (
+    REAL_BENCHMARKS, BenchmarkSpec, ResourceSpec, expand_env, find_study, read_spec_file, refuse_study_wide, spec_error,
+)
 
 OBJECTIVES = ("val_srcc", "val_plcc")
 
@@ -158,6 +160,7 @@ def load_search(path_or_dict: str | Path | dict[str, Any], set_overrides: list[s
     except ValidationError as exc:
         raise spec_error(exc, SearchSpec, origin, "search space") from None
 
+    refuse_study_wide(spec.space, f"{origin}: space", "the search space")
     bench = spec.benchmark
     base = load_raw(resolve_source((bench.base or spec.base).replace("{benchmark}", bench.name), source.parent if source else None))
     root = expand_env(bench.root) if bench.root else (expand_env(f"$DRX_DATA/{bench.name}") if bench.name in REAL_BENCHMARKS else None)

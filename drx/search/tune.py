@@ -26,12 +26,14 @@ import torch
 from ray import tune
 from ray.tune import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.execution.placement_groups import PlacementGroupFactory
+from ray.tune.logger import LoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
-from drx.config import build_config
+from drx.config import TrackingConfig, build_config
 from drx.errors import ConfigError, DrxError
 from drx.experiment import (
     ABLATE_RUN, CONFIRM_RUN, RAY_EXPERIMENT_STATE, SEARCH_RUN, check_ray_run, error_line, latest_checkpoint, move_aside, next_run_name,
@@ -45,6 +47,7 @@ from drx.search.study import (
     Resume, describe_account, mark_abandoned, open_search_storage, params_key, ranked_configurations, reconcile, sampler_seed,
 )
 from drx.train.checkpoint import CHECKPOINT_NAME
+from drx.train.tracking import RunIdentity, TrackedRun, Tracking, run_identity
 from drx.train.trainer import run_trial
 
 # Testing hook (documented in docs/search.md): "GLOB:EPOCH" makes the trial whose name matches GLOB
@@ -122,13 +125,18 @@ def _confirm_point(config: dict[str, Any]) -> tuple[str, int, str | None]:
     return config["candidate"], int(config["split"]), None
 
 
-def confirm_trainable(config: dict[str, Any], candidates: dict[str, dict[str, Any]]) -> None:
-    """Ray trainable of the confirm stage: one candidate configuration on one persisted split."""
-    cand, split, resume = _confirm_point(config)
+def _confirm_config(candidates: dict[str, dict[str, Any]], cand: str, split: int) -> dict[str, Any]:
+    """The resolved config of one confirm trial: the candidate on persisted split `split`."""
     cfg = build_config(candidates[cand], cand).to_dict()
     cfg["data"]["split"]["index"] = split
     cfg["name"] = f"{cfg['name']}-s{split}"
-    _trial_body(cfg, f"{cand}-s{split}", resume)
+    return cfg
+
+
+def confirm_trainable(config: dict[str, Any], candidates: dict[str, dict[str, Any]]) -> None:
+    """Ray trainable of the confirm stage: one candidate configuration on one persisted split."""
+    cand, split, resume = _confirm_point(config)
+    _trial_body(_confirm_config(candidates, cand, split), f"{cand}-s{split}", resume)
 
 
 # ------------------------------------------------------------------------------------- ray set-up
@@ -272,6 +280,66 @@ class TrialStatusRecorder(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write(trial, "failed", error_line(trial.path) or "error")
+
+
+class TrackingCallback(LoggerCallback):
+    """Every trial of a Ray run in drx's experiment trackers (:mod:`drx.train.tracking`), from the
+    driver: the trial's run opens when it starts, each reported epoch is logged, and the final
+    result and status when it ends; a trial Ray retries continues its run. Only the driver needs
+    to reach the tracker (MLflow server, W&B), not every node.
+
+    Not Ray's MLflowLoggerCallback, WandbLoggerCallback or TBXLoggerCallback: they log Ray's
+    ``trial.config`` (here the grid point or Optuna's sampled values, not the trial's resolved
+    config) under Ray's names (``ray/tune/<metric>``), so ``drx train`` could not log the same.
+    :mod:`drx.train.tracking` decides the names, tags and parameters for both; `identify` gives a
+    Ray trial's :class:`~drx.train.tracking.RunIdentity`. (Ray's default TBXLoggerCallback still
+    writes its own event files into each trial folder.)
+    """
+
+    def __init__(self, tracking: TrackingConfig, study: str, tensorboard_dir: str, identify: Callable[[Any], RunIdentity],
+                 say: Callable[[str], None] = print):
+        self.tracking = tracking
+        self.study = study
+        self.tensorboard_dir = tensorboard_dir
+        self.identify = identify
+        self.say = say
+        self._backends: Tracking | None = None
+        self._runs: dict[Any, TrackedRun] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the callbacks into tuner.pkl: open clients and runs belong to this driver (and,
+        # as for ProgressPrinter, print may be Ray's replacement, which does not pickle).
+        return {**self.__dict__, "say": None, "_backends": None, "_runs": {}}
+
+    def setup(self, *args, **kwargs):
+        self._backends = Tracking(self.tracking, self.study, self.tensorboard_dir, self.say or print)
+        for line in self._backends.describe():
+            (self.say or print)(line)
+
+    def log_trial_start(self, trial):
+        if trial not in self._runs:
+            # resume: a trial continuing after its driver was killed continues its MLflow run.
+            self._runs[trial] = self._backends.start(self.identify(trial), resume=True)
+
+    def log_trial_result(self, iteration, trial, result):
+        if trial not in self._runs:
+            self.log_trial_start(trial)
+        self._runs[trial].log_epoch({k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS})
+
+    def log_trial_end(self, trial, failed: bool = False):
+        run = self._runs.pop(trial, None)
+        if run is not None:
+            run.finish(failed=failed)
+
+
+def tracking_callbacks(config: dict[str, Any], study: str, storage: str, identify: Callable[[Any], RunIdentity],
+                       say: Callable[[str], None] = print) -> list[TrackingCallback]:
+    """The :class:`TrackingCallback` of a run whose trials share `config`'s ``tracking`` section
+    (none when it names no backend); TensorBoard files default to ``<storage>/tensorboard``."""
+    tracking = build_config(config).tracking
+    if not tracking.backends:
+        return []
+    return [TrackingCallback(tracking, study, str(Path(storage) / "tensorboard"), identify, say)]
 
 
 # --------------------------------------------------------------------------------------- running
@@ -433,7 +501,7 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
     checkpoint: finished trials are never run again.
     """
     exp_dir = Path(storage) / name
-    trials = {t.key: {"name": t.name, "config": t.config, "cpu": t.cpu, "gpu": t.gpu} for t in plan.trials}
+    trials = {t.key: {"name": t.name, "variant": t.variant, "config": t.config, "cpu": t.cpu, "gpu": t.gpu} for t in plan.trials}
     runs = run_folders(exp_dir, ABLATE_RUN)
     latest = runs[-1] if runs else None
 
@@ -453,7 +521,12 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
         def trial_label(trial) -> str:
             return planned[_grid_key(trial.config)]["name"]
 
+        def identify(trial) -> RunIdentity:
+            t = planned[_grid_key(trial.config)]
+            return run_identity(build_config(t["config"]), study=name, trial=t["name"], variant=t["variant"])
+
         trainable = tune.with_resources(tune.with_parameters(ablation_trainable, trials=planned), resources=resources)
+        callbacks = [ProgressPrinter(total, trial_label, say=say), *tracking_callbacks(plan.trials[0].config, name, storage, identify, say)]
 
         def make() -> Tuner:
             return Tuner(
@@ -467,7 +540,7 @@ def run_ablation_grid(plan, storage: str, name: str, max_concurrent: int | None,
                     trial_name_creator=trial_label,
                     trial_dirname_creator=trial_label,
                 ),
-                run_config=_run_config(run_name, str(exp_dir), max_failures, [ProgressPrinter(total, trial_label, say=say)]),
+                run_config=_run_config(run_name, str(exp_dir), max_failures, callbacks),
             )
 
         return trainable, make
@@ -628,11 +701,19 @@ def _search_tuner(plan, study_storage, seed: int, resume: dict[str, Resume], run
         # A configuration continued from an earlier run keeps its trial's name: the report merges the folders by name.
         return names.get(params_key(trial.config, plan.distributions), f"search-{trial.trial_id}")
 
+    def identify(trial) -> RunIdentity:
+        # The trial's name as search_trainable gives it (Ray's trial name is the label above).
+        cfg = build_config(config_for(plan, trial.config, name=f"{spec.name}/{label(trial)}"))
+        return run_identity(cfg, study=Path(exp_dir).name, trial=label(trial), variant="search")
+
+    study = Path(exp_dir)
+    callbacks = [ProgressPrinter(num_samples, label, metric=spec.objective, say=say),
+                 *tracking_callbacks(plan.base_config, study.name, str(study.parent), identify, say)]
     return Tuner(
         trainable,
         tune_config=TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples, trial_name_creator=label,
                                trial_dirname_creator=label),
-        run_config=_run_config(run_name, exp_dir, max_failures, [ProgressPrinter(num_samples, label, metric=spec.objective, say=say)]),
+        run_config=_run_config(run_name, exp_dir, max_failures, callbacks),
     )
 
 
@@ -648,12 +729,18 @@ def run_confirm(candidates: dict[str, dict[str, Any]], splits: list[int], storag
         cand, split, _ = _confirm_point(trial.config)
         return f"{cand}-s{split}"
 
+    def identify(trial) -> RunIdentity:
+        cand, split, _ = _confirm_point(trial.config)
+        return run_identity(build_config(_confirm_config(candidates, cand, split)), study=name, trial=label(trial), variant=cand)
+
     def make(run_name: str, space: dict[str, Any] | None = None) -> Tuner:
+        callbacks = [ProgressPrinter(len(candidates) * len(splits), label, say=say),
+                     *tracking_callbacks(next(iter(candidates.values())), name, storage, identify, say)]
         return Tuner(
             trainable,
             param_space=space or {"candidate": tune.grid_search(list(candidates)), "split": tune.grid_search(splits)},
             tune_config=TuneConfig(scheduler=FIFOScheduler(), trial_name_creator=label, trial_dirname_creator=label),
-            run_config=_run_config(run_name, exp_dir, max_failures, [ProgressPrinter(len(candidates) * len(splits), label, say=say)]),
+            run_config=_run_config(run_name, exp_dir, max_failures, callbacks),
         )
 
     def continuation(run_name: str, runs: list[Path]) -> Tuner | None:

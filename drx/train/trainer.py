@@ -31,7 +31,7 @@ from drx.data.splits import (
     MIN_RANK_IMAGES, OFFICIAL_COLUMN, OFFICIAL_PARTS, SplitParts, SplitSet, check_rankable, cross_dataset_parts, official_splits,
     persisted_splits, select, split_parts,
 )
-from drx.errors import ConfigError, DataError
+from drx.errors import CheckpointError, ConfigError, DataError
 from drx.experiment import NO_SELECTION
 from drx.io import atomic_write, atomic_write_json
 from drx.metrics import METRICS, iqa_metrics
@@ -319,6 +319,11 @@ def run_trial(
     t_start = time.perf_counter()
     # Read (and vet) the checkpoint first: a file that is not a drx checkpoint fails before any work.
     resume_state = load_checkpoint(resume_from) if resume_from is not None else None
+    if resume_state is not None and "optimizer" not in resume_state:
+        raise CheckpointError(
+            f"{resume_from} holds weights only (a {BEST_NAME}, or a folder made by `drx import`): it can be scored "
+            f"(drx predict, drx.load_scorer) but not resumed; resume from a trial's {CHECKPOINT_NAME}"
+        )
     say = log_line or (lambda s: print(s, file=sys.stderr, flush=True))
     show_bars = _is_tty() if progress is None else progress
     out = Path(out_dir) if out_dir is not None else None

@@ -221,6 +221,11 @@ class Adapter:
         """Folders holding the images: (folder, recursive, sub-folder names to skip)."""
         return []
 
+    def sources(self, frame: pd.DataFrame) -> list[dict[str, str]]:
+        """Where the scenes of `frame` come from, one row per group (for ``drx data check``): empty
+        for benchmarks whose provenance is their publication."""
+        return []
+
 
 # ------------------------------------------------------------------------------------- registry
 

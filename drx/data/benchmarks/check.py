@@ -44,6 +44,7 @@ class CheckReport:
     scanned: bool = False
     official_split: dict[str, int] = field(default_factory=dict)  # images per official part (train/val/test)
     official_source: str | None = None
+    sources: list[dict[str, str]] = field(default_factory=list)  # per scene: package, version, member, license
 
     @property
     def usable(self) -> bool:
@@ -77,6 +78,11 @@ class CheckReport:
         if self.size_stats:
             z = self.size_stats
             lines.append(f"image size  width {z['min_width']}..{z['max_width']}  height {z['min_height']}..{z['max_height']}")
+        if self.sources:
+            lines.append(f"scenes      {len(self.sources)}, each a photograph from a pinned file in the package index:")
+            width = max(len(r["scene"]) for r in self.sources)
+            lines += [f"  {r['scene']:<{width}}  {r['package']}=={r['version']}:{r['member']}  ({r['license']}): {r['shows']}"
+                      for r in self.sources]
         for title, items in (
             ("label errors", self.label_errors),
             ("warnings", self.warnings),
@@ -204,6 +210,7 @@ def check_benchmark(
         counts = frame[OFFICIAL_COLUMN].value_counts()
         report.official_split = {p: int(counts.get(p, 0)) for p in OFFICIAL_PARTS}
         report.official_source = labels.official_source
+    report.sources = adapter.sources(frame)
     present = frame[~missing]
     sizes: list[tuple[int, int]] = []
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:

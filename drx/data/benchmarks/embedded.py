@@ -1,4 +1,4 @@
-"""The embedded benchmark (drx.data.embedded): 648 distorted scikit-image photographs labelled by
+"""The embedded benchmark (drx.data.embedded): 3,024 distorted photographs (84 scenes) labelled by
 a full-reference formula, built on first use when no root is given.
 
 Layout: ``<root>/labels.csv`` (image_id, path, mos, group, family, level) and ``<root>/images/*.png``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from drx.data import embedded
+from drx.data.photos import ARCHIVES, photos_for
 from drx.data.benchmarks.base import (
     Adapter,
     Labels,
@@ -65,3 +66,14 @@ class Embedded(Adapter):
             lv = float_column(df, "level", path)
             frame["level"] = lv.astype("Int64").values if lv.notna().all() and (lv % 1 == 0).all() else lv.values
         return Labels(frame, path)
+
+    def sources(self, frame):
+        """Each scene's photograph: package, version, member path in its archive, the package's license."""
+        groups = set(frame["group"]) if "group" in frame.columns else set()
+        rows = []
+        for photo in photos_for("benchmark"):
+            if photo.name in groups:
+                archive = ARCHIVES[photo.archive]
+                rows.append({"scene": photo.name, "package": archive.project, "version": archive.version,
+                             "member": photo.member, "license": archive.license, "shows": photo.shows})
+        return rows
