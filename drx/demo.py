@@ -21,7 +21,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo ablation, then its report; prints the wall time. Returns the exit status."""
     spec = find_study(args.spec, "ablation")
     ns = argparse.Namespace(spec=str(spec), set=args.set, name=args.name, storage=args.storage, dry_run=False, address=args.address,
-                            num_cpus=args.num_cpus, num_gpus=None, max_concurrent=args.max_concurrent, max_failures=1, resume=False)
+                            num_cpus=args.num_cpus, num_gpus=None, max_concurrent=args.max_concurrent, max_failures=1, resume=False,
+                            track=None)
     t0 = time.time()
     # The one-time builds (benchmark, built-in weights; cached afterwards) first, timed apart from
     # the trials: the demo's budget is the trials' time.

@@ -28,7 +28,7 @@ def test_registry_and_unknown_name_suggests():
     with pytest.raises(DataError, match=r"unknown benchmark 'konik'.*did you mean 'koniq'"):
         B.get_adapter("konik")
     counts = {n: a.expected_count for n, a in B.ADAPTERS.items()}
-    assert counts == {"koniq": 10073, "livec": 1162, "spaq": 11125, "livefb": 39810, "bid": 586, "csv": None, "embedded": 648}
+    assert counts == {"koniq": 10073, "livec": 1162, "spaq": 11125, "livefb": 39810, "bid": 586, "csv": None, "embedded": 3024}
     assert B.authors_resize("koniq") == (512, 384) and B.authors_resize("bid") == (512, 512)
     assert B.authors_resize("livec") is None
 

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         for record in result.history:
             curves.append({"split": split, "epoch": record["epoch"], "steps": record["epoch"] * cfg.train.steps_per_epoch,
                            "test_srcc": record.get("test_srcc", float("nan"))})
+        per_epoch = " ".join(f"{r.get('test_srcc', float('nan')):.3f}" for r in result.history)
         print(f"  split {split}: test SRCC {summary['best_val_test_srcc']:.3f} at the selected epoch "
-              f"{summary['best_val_epoch']} (last epoch {summary['test_srcc']:.3f}), {wall:.0f} s", flush=True)
+              f"{summary['best_val_epoch']} (last epoch {summary['test_srcc']:.3f}; by epoch {per_epoch}), {wall:.0f} s", flush=True)
     table = pd.DataFrame(rows)
     selected = table["test_srcc_selected"]
     curve = pd.DataFrame(curves).groupby(["epoch", "steps"], as_index=False)["test_srcc"].median() if curves else pd.DataFrame()
