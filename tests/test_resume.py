@@ -348,14 +348,14 @@ def test_a_killed_search_with_torn_ray_files_and_a_locked_study_finishes_its_bud
     holders: list[subprocess.Popen] = []
     from drx import experiment
 
-    monkeypatch.setattr(experiment, "SQLITE_BUSY_TIMEOUT_S", 5.0)  # SQLite's own wait, shortened to keep the test short
+    monkeypatch.setattr(experiment, "SQLITE_BUSY_TIMEOUT_S", 1.0)  # SQLite's own wait, far shorter than the hold below
 
     def lock_when_trials_report():
         holders.append(hold(db, "read", 60))  # optuna-dashboard / a notebook reading the study
         deadline = time.time() + 300
         while time.time() < deadline and not list((exp / "search-r2").glob("*/result.json")):
             time.sleep(0.2)
-        holders.append(hold(db, "write", 12))  # past the busy timeout: the report or tell is retried
+        holders.append(hold(db, "write", 20))  # the next report or tell comes inside it, past the busy timeout: it is retried
 
     locker = threading.Thread(target=lock_when_trials_report)
     locker.start()
