@@ -249,6 +249,10 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    # torch.compile of the model for the training step and evaluation (docs/training.md, "Compiled
+    # training"): auto compiles on CUDA and stays eager on the CPU, where compiling the tiny preset
+    # did not pay for itself; true/false force it. Scores equal eager ones to float rounding.
+    compile: Literal["auto", True, False] = "auto"
     # Keep a checkpoint of the weights at the best validation epoch (for `drx predict`).
     keep_best: bool = True
 
@@ -334,13 +338,21 @@ class ExperimentConfig(StrictModel):
 
 #: Sections of a config that say where a trial is followed, not what it computes.
 NOT_COMPUTED = ("tracking",)
+#: Keys (section, key) that choose how the same maths runs, equal to float rounding
+#: (tests/test_compiled_path.py): an experiment made without them, or with another value, resumes.
+NOT_COMPUTED_KEYS = (("train", "compile"),)
 
 
 def without_tracking(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config (``ExperimentConfig.to_dict()``) without the sections that do not change
-    what the trial computes (:data:`NOT_COMPUTED`): what an experiment's fingerprint hashes and what
-    a tracker logs as parameters, so turning a tracker on never makes a trial look different."""
-    return {k: v for k, v in config.items() if k not in NOT_COMPUTED}
+    """A resolved config (``ExperimentConfig.to_dict()``) without the sections and keys that do not
+    change what the trial computes (:data:`NOT_COMPUTED`, :data:`NOT_COMPUTED_KEYS`): what an
+    experiment's fingerprint hashes and what a tracker logs as parameters, so turning a tracker on
+    or compiling the model never makes a trial look different."""
+    out = {k: v for k, v in config.items() if k not in NOT_COMPUTED}
+    for section, key in NOT_COMPUTED_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 # ------------------------------------------------------------------------------- loading, merging

@@ -89,7 +89,7 @@ def authors(tmp_path_factory):
     with pytest.raises(pickle.UnpicklingError, match=f"{name}.CfgNode"):  # torch alone refuses the file
         torch.load(path, weights_only=True)
     preset = root / "tiny-authors.yaml"
-    preset.write_text(yaml.safe_dump({"base": "paper", "model": TINY_MODEL, "data": {"test_crops": 2, "resize": None},
+    preset.write_text(yaml.safe_dump({"base": "paper", "model": TINY_MODEL, "data": {"test_crops": 2, "resize": None, "num_workers": 0},
                                       "train": {"precision": "fp32"}}))
     images = root / "images"
     for i in range(3):

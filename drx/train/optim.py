@@ -1,11 +1,15 @@
-"""Optimiser parameter groups, the learning-rate schedule, the loss, and one training step.
+"""Optimiser parameter groups, the learning-rate schedule, the loss, one training step, and the
+device's choice of fast paths (fused AdamW, ``train.compile``).
 
 Shared by the trainer and ``drx bench model`` so the benchmark measures the real training step.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from drx.config import TrainConfig
+from drx.errors import ConfigError
 
 # Embedding-like parameters that clean AdamW practice (timm's no_weight_decay) leaves undecayed.
 _EMBEDDING_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "positional_embedding", "class_embedding", "expert_queries")
@@ -52,13 +57,60 @@ def param_groups(model: nn.Module, weight_decay: float, compat: str = "clean", l
     return groups
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """Whether AdamW runs as one fused kernel on this device: on CUDA, yes. On the CPU torch has
+    a fused AdamW too, equal to the loop within float rounding, but it was no faster for the tiny
+    preset (docs/training.md), so the CPU keeps the implementation its results were made with."""
+    return device.type == "cuda"
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, compat: str = "clean", fused: bool | None = None) -> torch.optim.AdamW:
-    kwargs = {}
-    if fused is not None:
-        kwargs["fused"] = fused
+    """AdamW over :func:`param_groups`. ``fused`` None: as :func:`fused_adamw` decides for the
+    device of the model's parameters; False: torch's default (foreach on CUDA, a loop on the CPU)."""
+    if fused is None:
+        fused = fused_adamw(next(model.parameters()).device)
+    # fused=False is not passed on: torch would read it as "no foreach either".
+    kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay, compat, cfg.lr, cfg.encoder_lr_scale), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs
     )
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile's default code generator (inductor) cannot run on this device, or None."""
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "inductor generates CUDA kernels with the triton package, which is not installed"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c):
+        return "inductor compiles CPU kernels with a C++ compiler (g++, clang++ or $CXX), and none was found"
+    return None
+
+
+def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
+    """``train.compile`` for a device: ``auto`` compiles on CUDA only (on the CPU the tiny preset's
+    compiled step was 4% slower than eager after minutes of compiling: docs/training.md). A device
+    where compiling is asked for but cannot work is a ConfigError, never a quiet eager run."""
+    wanted = device.type == "cuda" if cfg.compile == "auto" else cfg.compile
+    if wanted:
+        problem = compile_problem(device)
+        if problem is not None:
+            raise ConfigError(f"train.compile = {str(cfg.compile).lower()} compiles the model on {device.type}, but {problem}; set train.compile=false")
+    return wanted
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``: a wrapper that shares ``model``'s parameters and buffers.
+
+    Call it for forward passes only; state dicts, checkpoints and explanations stay on ``model``
+    itself, so no key gains the wrapper's ``_orig_mod.`` prefix. Compilation happens at the first
+    call of each kind (training, evaluation), then the compiled code is reused.
+    """
+    # A worker that runs trial after trial (Ray's reuse_actors) would otherwise keep every earlier
+    # trial's compiled code until dynamo's recompile limit quietly runs later trials eagerly.
+    torch.compiler.reset()
+    try:
+        return torch.compile(model)
+    except RuntimeError as exc:  # raised when torch.compile does not support this Python
+        raise ConfigError(f"train.compile: torch.compile is not available here ({exc}); set train.compile=false") from None
 
 
 @dataclass

@@ -38,7 +38,7 @@ from drx.metrics import METRICS, iqa_metrics
 from drx.model import build_model
 from drx.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, FORMAT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from drx.train.explain import write_explanations
-from drx.train.optim import autocast_dtype, build_loss, build_optimizer, build_scheduler, train_step
+from drx.train.optim import autocast_dtype, build_loss, build_optimizer, build_scheduler, compile_model, train_step, use_compile
 from drx.train.scoring import mos_scaler, score_images
 
 log = logging.getLogger("drx.train")
@@ -314,6 +314,10 @@ def run_trial(
     epoch whose metric is NaN is never selected. When no epoch has a defined metric the result's
     status is ``no_selection`` (no best weights are written; ``best_epoch`` is None). A selection
     part that cannot rank at all (too few images, one MOS) is refused before training (DataError).
+
+    ``train.compile`` (:func:`drx.train.optim.use_compile`) runs the forward passes of training and
+    evaluation through ``torch.compile``; weights, checkpoints and explanations always come from
+    the uncompiled model.
     """
     cfg = config
     t_start = time.perf_counter()
@@ -334,6 +338,7 @@ def run_trial(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     amp = autocast_dtype(cfg.train.precision, device)
+    compiled = use_compile(cfg.train, device)
     if cfg.train.select_on == "val" and cfg.data.split.val_fraction == 0.0 and cfg.data.split.protocol == "random":
         raise ConfigError("train.select_on = 'val' selects the epoch on a validation part: data.split.val_fraction must be > 0")
 
@@ -345,9 +350,12 @@ def run_trial(
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     loss_fn = build_loss(cfg.train)
+    # Forward passes (training and evaluation) go through `runner`; weights, checkpoints and
+    # explanations are read from `model` itself, so their keys are the same compiled or not.
+    runner = compile_model(model) if compiled else model
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x).score
+        return runner(x).score
 
     history: list[dict[str, Any]] = []
     best_value: float | None = None
@@ -374,6 +382,7 @@ def run_trial(
         + f" | images train {data.counts['train']} val {data.counts['val']} test {data.counts['test']}"
         + f" | {steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs | {device.type}"
         + (f" {str(amp).replace('torch.', '')}" if amp else " fp32")
+        + (" compiled" if compiled else "")
     )
     for note in data.notes:
         say(note)
@@ -437,8 +446,8 @@ def run_trial(
             "steps": n_steps,
         }
         if data.val is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate(model, data.val, cfg, data.mos_range).items()})
-        metrics.update({f"test_{k}": v for k, v in evaluate(model, data.test, cfg, data.test_mos_range).items()})
+            metrics.update({f"val_{k}": v for k, v in evaluate(runner, data.val, cfg, data.mos_range).items()})
+        metrics.update({f"test_{k}": v for k, v in evaluate(runner, data.test, cfg, data.test_mos_range).items()})
         metrics.update(
             {
                 "epoch_s": time.perf_counter() - t_eval + ep_wait + ep_compute,
