@@ -51,9 +51,10 @@ def free_port() -> int:
 
 def expected_params(config: dict) -> dict[str, str]:
     """A trial's resolved config as the trackers' parameters: dotted keys (pandas' own flattening),
-    strings as they are and other values as JSON, the tracking section left out."""
+    strings as they are and other values as JSON, the tracking section and ``train.compile`` (how
+    the same maths runs, not what it is) left out."""
     flat = pd.json_normalize({k: v for k, v in config.items() if k != "tracking"}, sep=".").to_dict("records")[0]
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items() if k != "train.compile"}
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
