@@ -48,7 +48,8 @@ def step_rate(out: Path) -> float | None:
 
 def summary(out: Path, failed: list[str]) -> dict[str, Any]:
     """Everything gpu-check.sh measured, as one JSON-able dict (see the module docstring)."""
-    eager, compiled, packed = (_full_default(_read(out, n)) for n in ("model_eager", "model_compiled", "model_packed"))
+    docs = {n: _read(out, n) for n in ("model_eager", "model_compiled", "model_packed")}
+    eager, compiled, packed = (_full_default(d) for d in docs.values())
     variants = _read(out, "model_variants")
     data = _read(out, "data")
     rows = []
@@ -63,7 +64,8 @@ def summary(out: Path, failed: list[str]) -> dict[str, Any]:
         "compiled_speedup": speedup,
         "packed_mfu": packed.get("mfu") if packed else None,
         "variants": variants["aggregates"] if variants else None,
-        "peak": (variants or {}).get("peak") or (compiled or {}).get("peak"),
+        # The line each bench model run printed about its peak (the same for every run on one GPU).
+        "peak": next((d["peak"] for d in [*docs.values(), variants] if d and d.get("peak")), None),
         "data": data,
         "failed": failed,
     }

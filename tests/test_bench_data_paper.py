@@ -140,3 +140,11 @@ def test_bad_input_names_the_option_or_the_file(tmp_path, koniq_tree):
     gone.unlink()
     with pytest.raises(DataError, match=re.escape(str(gone))):
         bench.run(_args("koniq", "--root", str(broken), "--resize", "384", "--images", "1"))
+
+
+def test_workers_needed_refuses_a_rate_that_was_not_measured():
+    """ceil(feed / rate); a rate of 0, or NaN (a run that read no CPU time), is an error, never 0 workers."""
+    assert bench.workers_needed(561, 38.6) == 15 and bench.workers_needed(775.5, 38.566) == 21
+    for rate in (0.0, float("nan"), float("inf")):
+        with pytest.raises(DataError, match="measured rate per worker"):
+            bench.workers_needed(561, rate)

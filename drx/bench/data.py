@@ -148,7 +148,7 @@ def measure(
         "crops_per_s_per_worker": crops_s / max(workers, 1),
         "crops_made": made,
         "cpu_seconds": cpu,
-        "crops_per_cpu_s": made / cpu if cpu > 0 else float("inf"),
+        "crops_per_cpu_s": made / cpu if cpu > 0 else float("nan"),  # no CPU time read: no rate
         # Every crop item decodes (and resizes) its image: one decode per crop.
         "decoded_images_per_s": crops_s,
         "training_images_per_s": crops_s / crops,
@@ -168,7 +168,7 @@ def per_worker_run(runs: list[dict], cores: int) -> dict:
 
 def workers_needed(feed: float, per_worker: float) -> int:
     """Loader worker processes needed to deliver `feed` crops/s at `per_worker` crops/s each."""
-    if per_worker <= 0:
+    if not (per_worker > 0 and math.isfinite(per_worker)):  # NaN: the run read no CPU time
         raise DataError(f"cannot feed {feed:g} crops/s: the measured rate per worker is {per_worker:g} crops/s")
     return math.ceil(feed / per_worker)
 
